@@ -1,0 +1,234 @@
+"""The quantisation core: one ``nn.Module`` for SQ, AQ and the adaptive APQ scheme.
+
+``AdaptiveIntQuant`` follows Brevitas's ``RescalingIntQuant`` contract,
+``forward(x) -> (y, scale, zero_point, bit_width)``, and delegates the integer rounding and
+clamping to Brevitas's own ``IntQuant`` (round with a straight-through estimator, clamp to the
+static signed / narrow-range grid). What it adds is the choice of scale and zero point:
+
+* **SQ** (symmetric): ``zero_point = 0``, ``scale = max(|min|, |max|) / max_int``.
+* **AQ** (asymmetric): the range ``[lo, hi] = [min(min, 0), max(max, 0)]`` (widened to contain 0
+  so that 0 is exactly representable) is spread over the whole integer grid:
+  ``scale = (hi - lo) / (max_int - min_int)``, ``zero_point = min_int - round(lo / scale)``.
+  The grid stays the quantiser's static signed grid, so AQ and SQ differ only in scale and zero
+  point and APQ can switch between them at run time without changing what Brevitas exports as
+  ``signed`` / ``narrow_range``. (A signed grid with a zero point is also what the exact FINN
+  lowering ``Quant(x; s, z) = Quant(x + z*s; s, 0) - z*s`` needs, see ``finn_flow``.)
+* **APQ** (adaptive): in training mode, every forward pass (one per mini-batch) measures the
+  symmetry metric ``S`` of the range that sets the scale and picks SQ when
+  ``S <= symmetry_threshold``, AQ otherwise. In eval mode and at export the last decision is
+  frozen: it lives in the registered buffer ``use_zero_point`` and never depends on the input.
+
+The symmetry metric (see :func:`symmetry_metric`) is ``S = |max + min| / (max - min)``, clipped
+to [0, 1]: 0 for a range symmetric about zero, 1 for a one-sided range. It is the distance of the
+range's centre from zero in units of its half-width, and it measures exactly what SQ loses:
+SQ's step is ``(1 + S)`` times AQ's step for the same range. The default threshold 0.1 therefore
+reads "pay for a zero point when SQ would be more than about 10 % coarser".
+
+Statistics: parameters (weights, biases) use their current min / max on every call; runtime
+tensors (activations) keep an exponential moving average of the per-batch min / max during
+training (as PyTorch's moving-average observers and Brevitas's runtime-statistics scaling do) and
+use the frozen averages in eval mode.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from brevitas_apq.quant.validation import (
+    check_bit_width,
+    check_momentum,
+    check_scheme,
+    check_threshold,
+)
+
+# A record chunk is compacted into one tensor every this many steps (cheap appends, bounded
+# number of Python objects over long training runs).
+_RECORD_CHUNK = 512
+
+
+def symmetry_metric(lo: Tensor, hi: Tensor) -> Tensor:
+    """Symmetry metric ``S = |hi + lo| / (hi - lo)`` of the range ``[lo, hi]``, clipped to [0, 1].
+
+    0 means symmetric about zero (SQ loses nothing), 1 means one-sided (SQ wastes half of its
+    grid). A degenerate range ``lo == hi`` gives 0 at zero and 1 elsewhere.
+
+    Example:
+        >>> symmetry_metric(torch.tensor(-1.0), torch.tensor(1.0))
+        tensor(0.)
+        >>> symmetry_metric(torch.tensor(0.0), torch.tensor(3.0))
+        tensor(1.)
+    """
+    span = hi - lo
+    s = (hi + lo).abs() / torch.where(span > 0, span, torch.ones_like(span))
+    degenerate = (hi != 0).to(s.dtype)
+    return torch.where(span > 0, s, degenerate).clamp(max=1.0)
+
+
+class SymmetryRecord:
+    """Per-step record of ``S`` and of the chosen scheme, kept in memory for analysis.
+
+    Appends are O(1) tensor appends; ``steps``, ``symmetry`` and ``use_zero_point`` materialise
+    the whole history. The record is deliberately not part of the ``state_dict``: it is an
+    analysis trace that callers save themselves (``apq train`` writes ``symmetry.csv``).
+    """
+
+    def __init__(self) -> None:
+        self._chunks: list[Tensor] = []
+        self._pending: list[Tensor] = []
+
+    def append(self, step: Tensor, s: Tensor, use_zero_point: Tensor) -> None:
+        row = torch.stack([step.to(torch.float64), s.to(torch.float64), use_zero_point.double()])
+        self._pending.append(row.detach())
+        if len(self._pending) >= _RECORD_CHUNK:
+            self._chunks.append(torch.stack(self._pending))
+            self._pending = []
+
+    def _table(self) -> Tensor:
+        parts = self._chunks + ([torch.stack(self._pending)] if self._pending else [])
+        return torch.cat(parts) if parts else torch.empty(0, 3, dtype=torch.float64)
+
+    def __len__(self) -> int:
+        return sum(len(c) for c in self._chunks) + len(self._pending)
+
+    def rows(self) -> list[tuple[int, float, str]]:
+        """``(step, S, "SQ" | "AQ")`` for every recorded training step."""
+        table = self._table().cpu()
+        return [(int(t), float(s), "AQ" if z else "SQ") for t, s, z in table.tolist()]
+
+    def clear(self) -> None:
+        self._chunks, self._pending = [], []
+
+
+class AdaptiveIntQuant(nn.Module):
+    """Per-tensor integer quantiser with a symmetric, asymmetric or adaptive scale / zero point.
+
+    Args:
+        int_quant: Brevitas ``IntQuant`` doing the rounding and clamping; its static ``signed``
+            and ``narrow_range`` define the integer grid.
+        bit_width: integer bit width, 2 to 16.
+        quant_scheme: ``"sq"``, ``"aq"`` or ``"apq"``.
+        symmetry_threshold: APQ picks SQ when ``S <= symmetry_threshold`` (0 to 1).
+        runtime_stats: ``True`` for activations (running min / max, frozen in eval), ``False`` for
+            parameters (min / max of the tensor itself).
+        stats_momentum: weight of the newest batch in the running min / max (0 to 1].
+
+    Returns from ``forward(x)``: ``(y, scale, zero_point, bit_width)``, ``y`` dequantised.
+
+    Example:
+        >>> from brevitas.core.quant import IntQuant
+        >>> from brevitas.core.function_wrapper import Identity
+        >>> grid = IntQuant(narrow_range=False, signed=True, input_view_impl=Identity())
+        >>> quant = AdaptiveIntQuant(grid, bit_width=8, quant_scheme="apq")
+        >>> y, scale, zero_point, bit_width = quant(torch.tensor([0.0, 1.0, 2.0, 3.0]))
+        >>> quant.scheme  # a one-sided range: S = 1 > 0.1, so AQ
+        'AQ'
+    """
+
+    def __init__(
+        self,
+        int_quant: nn.Module,
+        bit_width: int,
+        quant_scheme: str,
+        symmetry_threshold: float = 0.1,
+        runtime_stats: bool = False,
+        stats_momentum: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.int_quant = int_quant
+        self.quant_scheme = check_scheme(quant_scheme)
+        self.symmetry_threshold = check_threshold(symmetry_threshold)
+        self.stats_momentum = check_momentum(stats_momentum)
+        self.runtime_stats = bool(runtime_stats)
+        bits = check_bit_width(bit_width)
+        # Static per quantiser, as Brevitas reads them once: not saved, never switched.
+        self.register_buffer("bit_width", torch.tensor(float(bits)), persistent=False)
+        self.register_buffer(
+            "min_int", torch.tensor(float(int_quant.min_int(torch.tensor(bits)))), persistent=False
+        )
+        self.register_buffer(
+            "max_int", torch.tensor(float(int_quant.max_int(torch.tensor(bits)))), persistent=False
+        )
+        # The decision and the statistics: saved, loaded and exported with the model.
+        self.register_buffer("use_zero_point", torch.tensor(self.quant_scheme == "aq"))
+        self.register_buffer("symmetry", torch.tensor(float("nan")))
+        self.register_buffer("num_updates", torch.tensor(0, dtype=torch.long))
+        self.register_buffer("running_min", torch.tensor(0.0))
+        self.register_buffer("running_max", torch.tensor(0.0))
+        self.record = SymmetryRecord()
+
+    @property
+    def scheme(self) -> str:
+        """The scheme in force now: ``"SQ"`` or ``"AQ"``."""
+        return "AQ" if bool(self.use_zero_point) else "SQ"
+
+    @property
+    def is_adaptive(self) -> bool:
+        return self.quant_scheme == "apq"
+
+    def _observe(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Update the statistics from ``x`` (training) and return the range that sets the scale."""
+        x = x.detach()
+        lo, hi = torch.aminmax(x)
+        if self.runtime_stats:
+            if int(self.num_updates) == 0:
+                self.running_min.copy_(lo)
+                self.running_max.copy_(hi)
+            else:
+                self.running_min.lerp_(lo, self.stats_momentum)
+                self.running_max.lerp_(hi, self.stats_momentum)
+            lo, hi = self.running_min, self.running_max
+        else:
+            self.running_min.copy_(lo)
+            self.running_max.copy_(hi)
+        return lo, hi
+
+    def _frozen_range(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if not self.runtime_stats:
+            return torch.aminmax(x.detach())
+        if int(self.num_updates) == 0:
+            raise RuntimeError(
+                "activation quantiser has no statistics yet: run at least one forward pass in "
+                "training mode (training or calibration) before evaluating or exporting"
+            )
+        return self.running_min, self.running_max
+
+    def scale_zero_point(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        """Scale and zero point for the range ``[lo, hi]`` under the current decision."""
+        lo = torch.minimum(lo, torch.zeros_like(lo))
+        hi = torch.maximum(hi, torch.zeros_like(hi))
+        tiny = torch.finfo(lo.dtype).tiny
+        sq_scale = torch.maximum(-lo, hi) / self.max_int
+        aq_scale = (hi - lo) / (self.max_int - self.min_int)
+        aq_scale = aq_scale.clamp(min=tiny)
+        aq_zero_point = (self.min_int - torch.round(lo / aq_scale)).clamp(
+            self.min_int, self.max_int
+        )
+        scale = torch.where(self.use_zero_point, aq_scale, sq_scale.clamp(min=tiny))
+        zero_point = torch.where(self.use_zero_point, aq_zero_point, torch.zeros_like(lo))
+        return scale, zero_point
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        if self.training:
+            with torch.no_grad():
+                lo, hi = self._observe(x)
+                s = symmetry_metric(lo, hi)
+                if self.is_adaptive:
+                    self.use_zero_point.copy_(s > self.symmetry_threshold)
+                self.symmetry.copy_(s)
+                self.num_updates += 1
+                self.record.append(self.num_updates, s, self.use_zero_point)
+        else:
+            lo, hi = self._frozen_range(x)
+        scale, zero_point = self.scale_zero_point(lo, hi)
+        y = self.int_quant(scale, zero_point, self.bit_width, x)
+        return y, scale, zero_point, self.bit_width
+
+    def extra_repr(self) -> str:
+        return (
+            f"scheme={self.quant_scheme}, bit_width={int(self.bit_width)}, "
+            f"threshold={self.symmetry_threshold}, runtime_stats={self.runtime_stats}"
+        )
+
+
+__all__ = ["AdaptiveIntQuant", "SymmetryRecord", "symmetry_metric"]

@@ -1,0 +1,182 @@
+"""Brevitas quantiser injectors: SQ, AQ and APQ for weights, biases and activations.
+
+Each quantiser is a small injector class composed from fragments, the Brevitas solver last, and
+is a drop-in ``weight_quant=``, ``bias_quant=``, ``input_quant=``, ``output_quant=`` or
+``act_quant=`` argument of ``brevitas.nn`` layers. Bit width (2-16) and, for APQ, the symmetry
+threshold are set per layer through Brevitas's usual prefixed keywords::
+
+    import brevitas.nn as qnn
+    from brevitas_apq.quant import APQActQuant, APQWeightQuant, SQBiasQuant
+
+    layer = qnn.QuantLinear(
+        16, 16, bias=True,
+        weight_quant=APQWeightQuant, weight_bit_width=4, weight_symmetry_threshold=0.05,
+        bias_quant=SQBiasQuant, bias_bit_width=8,
+        input_quant=APQActQuant, input_bit_width=8,
+        return_quant_tensor=False)
+
+Grids (static per class, read once by Brevitas and exported as ``signed`` / ``narrow_range``):
+
+* weights and biases: signed, narrow range for SQ and APQ (``[-(2^(b-1)-1), 2^(b-1)-1]``, the
+  symmetric grid FINN's RTL MVU wants on 7-series parts); full signed range for AQ, where the
+  zero point makes use of the extra level.
+* activations: signed, full range for all three schemes.
+* ``UnsignedActQuant``: unsigned, full range, zero point 0, for tensors that are one-sided by
+  construction (after ReLU). On ``[0, max]`` this grid *is* the asymmetric quantiser, at no
+  zero-point cost, and it is what FINN's ReLU handler needs.
+"""
+
+from __future__ import annotations
+
+from brevitas.core.function_wrapper import Identity, TensorClamp
+from brevitas.core.scaling import ScalingPerOutputType
+from brevitas.inject import ExtendedInjector
+from brevitas.quant.base import IntQuant, NarrowIntQuant, UintQuant
+from brevitas.quant.solver import ActQuantSolver, BiasQuantSolver, WeightQuantSolver
+
+from brevitas_apq.quant.core import AdaptiveIntQuant
+
+__all__ = [
+    "APQActQuant",
+    "APQBiasQuant",
+    "APQWeightQuant",
+    "AQActQuant",
+    "AQBiasQuant",
+    "AQWeightQuant",
+    "SQActQuant",
+    "SQBiasQuant",
+    "SQWeightQuant",
+    "UnsignedActQuant",
+]
+
+
+class AdaptiveCore(ExtendedInjector):
+    """Fragment: use ``AdaptiveIntQuant`` as the tensor quantiser (per tensor, 8 bits default)."""
+
+    tensor_quant = AdaptiveIntQuant
+    # Per-tensor scale; plain clamp and no input view, as for Brevitas's per-tensor quantisers.
+    scaling_per_output = ScalingPerOutputType.TENSOR
+    tensor_clamp_impl = TensorClamp
+    input_view_impl = Identity
+    bit_width = 8
+    symmetry_threshold = 0.1
+    stats_momentum = 0.1
+
+
+class Symmetric(ExtendedInjector):
+    """Fragment: zero point 0, scale from the largest magnitude."""
+
+    quant_scheme = "sq"
+
+
+class Asymmetric(ExtendedInjector):
+    """Fragment: scale and zero point from minimum and maximum."""
+
+    quant_scheme = "aq"
+
+
+class Adaptive(ExtendedInjector):
+    """Fragment: SQ or AQ, re-decided from the symmetry metric after every training batch."""
+
+    quant_scheme = "apq"
+
+
+class ParameterStats(ExtendedInjector):
+    """Fragment: statistics from the parameter itself (weights, biases)."""
+
+    runtime_stats = False
+
+
+class RuntimeStats(ExtendedInjector):
+    """Fragment: running statistics collected in training, frozen in eval (activations)."""
+
+    runtime_stats = True
+
+
+class BiasWithOwnScale(ExtendedInjector):
+    """Fragment: the bias gets its own scale (no input scale needed, as FINN folds biases)."""
+
+    requires_input_scale = False
+
+
+class SQWeightQuant(Symmetric, NarrowIntQuant, ParameterStats, AdaptiveCore, WeightQuantSolver):
+    """Symmetric weight quantiser: signed narrow grid, zero point 0.
+
+    Example:
+        >>> import brevitas.nn as qnn
+        >>> layer = qnn.QuantLinear(4, 2, True, weight_quant=SQWeightQuant, weight_bit_width=4)
+        >>> int(layer.quant_weight().zero_point)
+        0
+    """
+
+
+class AQWeightQuant(Asymmetric, IntQuant, ParameterStats, AdaptiveCore, WeightQuantSolver):
+    """Asymmetric weight quantiser: signed full grid with an integer zero point.
+
+    Example:
+        >>> import brevitas.nn as qnn
+        >>> layer = qnn.QuantLinear(4, 2, True, weight_quant=AQWeightQuant, weight_bit_width=4)
+        >>> layer.weight_quant.tensor_quant.scheme
+        'AQ'
+    """
+
+
+class APQWeightQuant(Adaptive, NarrowIntQuant, ParameterStats, AdaptiveCore, WeightQuantSolver):
+    """Adaptive weight quantiser: SQ or AQ per training step, frozen in eval and at export.
+
+    Example:
+        >>> import brevitas.nn as qnn
+        >>> layer = qnn.QuantLinear(
+        ...     4, 2, True, weight_quant=APQWeightQuant, weight_symmetry_threshold=0.2)
+        >>> layer.weight_quant.tensor_quant.symmetry_threshold
+        0.2
+    """
+
+
+class SQBiasQuant(
+    Symmetric, NarrowIntQuant, ParameterStats, BiasWithOwnScale, AdaptiveCore, BiasQuantSolver
+):
+    """Symmetric bias quantiser with its own scale (``bias_quant=SQBiasQuant``)."""
+
+
+class AQBiasQuant(
+    Asymmetric, IntQuant, ParameterStats, BiasWithOwnScale, AdaptiveCore, BiasQuantSolver
+):
+    """Asymmetric bias quantiser with its own scale and zero point."""
+
+
+class APQBiasQuant(
+    Adaptive, NarrowIntQuant, ParameterStats, BiasWithOwnScale, AdaptiveCore, BiasQuantSolver
+):
+    """Adaptive bias quantiser with its own scale."""
+
+
+class SQActQuant(Symmetric, IntQuant, RuntimeStats, AdaptiveCore, ActQuantSolver):
+    """Symmetric activation quantiser: signed grid, zero point 0, running max-magnitude scale.
+
+    Example:
+        >>> import brevitas.nn as qnn
+        >>> act = qnn.QuantIdentity(act_quant=SQActQuant, bit_width=4, return_quant_tensor=True)
+        >>> int(act(torch.randn(8, 3)).zero_point)
+        0
+    """
+
+
+class AQActQuant(Asymmetric, IntQuant, RuntimeStats, AdaptiveCore, ActQuantSolver):
+    """Asymmetric activation quantiser: signed grid with an integer zero point."""
+
+
+class APQActQuant(Adaptive, IntQuant, RuntimeStats, AdaptiveCore, ActQuantSolver):
+    """Adaptive activation quantiser: the paper's proposal for activations.
+
+    Example:
+        >>> import brevitas.nn as qnn
+        >>> act = qnn.QuantIdentity(act_quant=APQActQuant, return_quant_tensor=True)
+        >>> _ = act(torch.rand(8, 3))  # one-sided data in training mode
+        >>> act.act_quant.fused_activation_quant_proxy.tensor_quant.scheme
+        'AQ'
+    """
+
+
+class UnsignedActQuant(Symmetric, UintQuant, RuntimeStats, AdaptiveCore, ActQuantSolver):
+    """Unsigned activation quantiser with zero point 0, for one-sided tensors (after ReLU)."""

@@ -1,0 +1,57 @@
+"""Argument checks shared by the quantisers and the bit plans.
+
+Every check raises ``ValueError`` naming the parameter, the value and the allowed range, so a bad
+configuration fails where it is written instead of deep inside torch or Brevitas.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+MIN_BIT_WIDTH = 2
+MAX_BIT_WIDTH = 16
+SCHEMES = ("sq", "aq", "apq")
+
+
+def check_bit_width(bit_width: object, name: str = "bit_width") -> int:
+    """Return ``bit_width`` as an int if it is an integer in [2, 16], else raise ``ValueError``."""
+    is_number = isinstance(bit_width, numbers.Real) and not isinstance(bit_width, bool)
+    if not is_number or not float(bit_width).is_integer():
+        raise ValueError(
+            f"{name}={bit_width!r} is not an integer; allowed: integers "
+            f"{MIN_BIT_WIDTH} to {MAX_BIT_WIDTH}"
+        )
+    value = int(bit_width)
+    if not MIN_BIT_WIDTH <= value <= MAX_BIT_WIDTH:
+        raise ValueError(
+            f"{name}={value} is out of range; allowed: integers {MIN_BIT_WIDTH} to {MAX_BIT_WIDTH}"
+        )
+    return value
+
+
+def check_threshold(threshold: object, name: str = "symmetry_threshold") -> float:
+    """Return the APQ threshold as a float if it lies in [0, 1], else raise ``ValueError``.
+
+    The symmetry metric S lies in [0, 1], so a threshold of 0 means "AQ unless perfectly
+    symmetric" and 1 means "always SQ"; values outside that range would be meaningless.
+    """
+    is_number = isinstance(threshold, numbers.Real) and not isinstance(threshold, bool)
+    if not is_number or math.isnan(float(threshold)) or not 0.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"{name}={threshold!r} is invalid; allowed: a number from 0 to 1")
+    return float(threshold)
+
+
+def check_momentum(momentum: object, name: str = "stats_momentum") -> float:
+    """Return the running-statistics momentum if it lies in (0, 1], else raise ``ValueError``."""
+    is_number = isinstance(momentum, numbers.Real) and not isinstance(momentum, bool)
+    if not is_number or math.isnan(float(momentum)) or not 0.0 < float(momentum) <= 1.0:
+        raise ValueError(f"{name}={momentum!r} is invalid; allowed: a number in (0, 1]")
+    return float(momentum)
+
+
+def check_scheme(scheme: object, name: str = "quant_scheme") -> str:
+    """Return the scheme in lower case if it is one of ``SCHEMES``, else raise ``ValueError``."""
+    if not isinstance(scheme, str) or scheme.lower() not in SCHEMES:
+        raise ValueError(f"{name}={scheme!r} is unknown; allowed: {', '.join(SCHEMES)}")
+    return scheme.lower()

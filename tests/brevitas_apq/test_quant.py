@@ -1,0 +1,366 @@
+"""Tests of the SQ / AQ / APQ quantisers: the math, the adaptive decision, export and bad input."""
+
+from __future__ import annotations
+
+import math
+
+import brevitas.nn as qnn
+import numpy as np
+import pytest
+import torch
+from brevitas.core.function_wrapper import Identity
+from brevitas.core.quant import IntQuant
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from brevitas_apq.export import export_qonnx_model, run_qonnx
+from brevitas_apq.quant import (
+    AdaptiveIntQuant,
+    APQActQuant,
+    APQBiasQuant,
+    APQWeightQuant,
+    AQActQuant,
+    AQBiasQuant,
+    AQWeightQuant,
+    SQActQuant,
+    SQBiasQuant,
+    SQWeightQuant,
+    UnsignedActQuant,
+    scheme_decisions,
+    symmetry_history,
+    symmetry_metric,
+)
+
+QUANTS = {
+    "sq": (SQWeightQuant, SQBiasQuant, SQActQuant),
+    "aq": (AQWeightQuant, AQBiasQuant, AQActQuant),
+    "apq": (APQWeightQuant, APQBiasQuant, APQActQuant),
+}
+
+
+def make_core(scheme: str, bits: int, narrow: bool = False, signed: bool = True, **kwargs):
+    grid = IntQuant(narrow_range=narrow, signed=signed, input_view_impl=Identity())
+    return AdaptiveIntQuant(grid, bit_width=bits, quant_scheme=scheme, **kwargs)
+
+
+def core_of(proxy):
+    """The AdaptiveIntQuant inside a Brevitas weight/bias or activation proxy."""
+    if hasattr(proxy, "fused_activation_quant_proxy"):
+        return proxy.fused_activation_quant_proxy.tensor_quant
+    return proxy.tensor_quant
+
+
+values = st.lists(
+    st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False, allow_subnormal=False, width=32),
+    min_size=1,
+    max_size=64,
+)
+
+
+# --- the quantiser math ------------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    xs=values,
+    bits=st.integers(2, 16),
+    scheme=st.sampled_from(["sq", "aq"]),
+    narrow=st.booleans(),
+)
+def test_error_inside_range_is_at_most_half_a_step(xs, bits, scheme, narrow):
+    core = make_core(scheme, bits, narrow=narrow)
+    x = torch.tensor(xs, dtype=torch.float32)
+    y, scale, zero_point, bit_width = core(x)
+    assert int(bit_width) == bits
+    # every value of the tensor lies inside the range the scale was computed from
+    err = (y - x).abs()
+    bound = scale / 2 * (1 + 1e-4) + 1e-6 * x.abs().max()
+    assert bool((err <= bound).all()), (err.max(), scale)
+
+
+@settings(max_examples=200, deadline=None)
+@given(xs=values, bits=st.integers(2, 16), scheme=st.sampled_from(["sq", "aq", "apq"]))
+def test_zero_is_exactly_representable(xs, bits, scheme):
+    core = make_core(scheme, bits)
+    x = torch.tensor([*xs, 0.0], dtype=torch.float32)
+    y, scale, zero_point, _ = core(x)
+    assert float(y[-1]) == 0.0
+    assert float(zero_point) == round(float(zero_point))  # an integer zero point
+    assert float(core.min_int) <= float(zero_point) <= float(core.max_int)
+
+
+@settings(max_examples=200, deadline=None)
+@given(xs=values, bits=st.integers(2, 16), narrow=st.booleans())
+def test_sq_zero_point_is_zero_and_grid_is_symmetric(xs, bits, narrow):
+    core = make_core("sq", bits, narrow=narrow)
+    x = torch.tensor(xs, dtype=torch.float32)
+    y, scale, zero_point, _ = core(x)
+    assert float(zero_point) == 0.0
+    ints = torch.round(y / scale)
+    max_int = 2 ** (bits - 1) - 1
+    assert bool((ints.abs() <= max_int).all())
+    # the largest magnitude maps to the top of the grid
+    assert math.isclose(float(scale) * max_int, float(x.abs().max()), rel_tol=1e-5, abs_tol=1e-30)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    lo=st.floats(-100, 0, allow_subnormal=False, width=32),
+    width=st.floats(0.125, 100, allow_subnormal=False, width=32),
+    bits=st.integers(2, 16),
+)
+def test_aq_uses_the_whole_grid(lo, width, bits):
+    core = make_core("aq", bits)
+    x = torch.tensor([lo, lo + width], dtype=torch.float32)
+    _, scale, zero_point, _ = core(x)
+    levels = 2**bits - 1
+    covered = float(x.max().clamp(min=0) - x.min().clamp(max=0))  # the range always contains 0
+    assert math.isclose(float(scale) * levels, covered, rel_tol=1e-5)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lo=st.floats(-1e3, 1e3, allow_subnormal=False, width=32),
+    hi=st.floats(-1e3, 1e3, allow_subnormal=False, width=32),
+)
+def test_symmetry_metric_range_and_extremes(lo, hi):
+    lo, hi = min(lo, hi), max(lo, hi)
+    s = float(symmetry_metric(torch.tensor(lo), torch.tensor(hi)))
+    assert 0.0 <= s <= 1.0
+    if lo >= 0 or hi <= 0:  # one-sided
+        assert s == 1.0 or (lo == hi == 0.0 and s == 0.0)
+
+
+def test_symmetry_metric_known_values():
+    sm = symmetry_metric
+    assert float(sm(torch.tensor(-2.0), torch.tensor(2.0))) == 0.0
+    assert float(sm(torch.tensor(-1.0), torch.tensor(3.0))) == pytest.approx(0.5)
+    assert float(sm(torch.tensor(0.0), torch.tensor(0.0))) == 0.0
+    assert float(sm(torch.tensor(0.5), torch.tensor(0.5))) == 1.0
+
+
+def test_sq_step_is_one_plus_s_times_aq_step():
+    """The justification of S: SQ's step over AQ's step equals 1 + S (up to grid-size terms)."""
+    lo, hi = torch.tensor(-1.0), torch.tensor(3.0)
+    s = float(symmetry_metric(lo, hi))
+    sq = make_core("sq", 16).scale_zero_point(lo, hi)[0]
+    aq = make_core("aq", 16).scale_zero_point(lo, hi)[0]
+    assert float(sq / aq) == pytest.approx(1 + s, rel=1e-3)
+
+
+# --- APQ decisions -----------------------------------------------------------------------------
+
+
+def test_apq_picks_sq_on_symmetric_and_aq_on_skewed_data():
+    torch.manual_seed(0)
+    sym = make_core("apq", 8, runtime_stats=True)
+    sym(torch.linspace(-1, 1, 101))
+    assert sym.scheme == "SQ" and float(sym.symmetry) == pytest.approx(0.0, abs=1e-6)
+    skew = make_core("apq", 8, runtime_stats=True)
+    skew(torch.rand(1000) * 3 - 0.5)  # range about [-0.5, 2.5]: S about 0.67
+    assert skew.scheme == "AQ"
+    assert float(skew(torch.rand(10))[2]) != 0.0  # a non-zero zero point in AQ
+
+
+def test_apq_threshold_is_respected():
+    x = torch.tensor([-1.0, 1.5])  # S = 0.2
+    assert make_core("apq", 8, symmetry_threshold=0.25)(x) and True
+    low = make_core("apq", 8, symmetry_threshold=0.1)
+    high = make_core("apq", 8, symmetry_threshold=0.25)
+    low(x), high(x)
+    assert (low.scheme, high.scheme) == ("AQ", "SQ")
+    at = make_core("apq", 8, symmetry_threshold=0.2)
+    at(x)
+    assert at.scheme == "SQ"  # S <= threshold means SQ
+
+
+def test_apq_changes_decision_when_training_distribution_moves():
+    torch.manual_seed(0)
+    core = make_core("apq", 8, runtime_stats=True, stats_momentum=0.2)
+    for _ in range(20):
+        core(torch.randn(256))
+    assert core.scheme == "SQ"
+    for _ in range(40):
+        core(torch.rand(256) * 2)  # one-sided: the running range drifts to [0, 2]
+    assert core.scheme == "AQ"
+    for _ in range(60):
+        core(torch.randn(256))
+    assert core.scheme == "SQ"
+    flips = [r[2] for r in core.record.rows()]
+    assert flips[19] == "SQ" and flips[59] == "AQ" and flips[-1] == "SQ"
+    assert len(core.record) == 120
+
+
+def test_apq_never_changes_in_eval_and_ignores_the_input():
+    torch.manual_seed(0)
+    core = make_core("apq", 8, runtime_stats=True)
+    core(torch.randn(512))
+    core.eval()
+    decision, n = core.scheme, len(core.record)
+    _, s1, z1, _ = core(torch.rand(512) * 10)  # skewed and much larger
+    _, s2, z2, _ = core(-torch.rand(512))
+    assert core.scheme == decision and len(core.record) == n
+    assert torch.equal(s1, s2) and torch.equal(z1, z2)
+
+
+def test_eval_without_statistics_is_a_clear_error():
+    core = make_core("apq", 8, runtime_stats=True).eval()
+    with pytest.raises(RuntimeError, match="no statistics"):
+        core(torch.randn(4))
+
+
+def test_decision_survives_state_dict_round_trip(tmp_path):
+    torch.manual_seed(0)
+    layer = make_layer("apq", bits=4)
+    for _ in range(5):
+        layer(torch.rand(16, 6) * 2 + 1)
+    layer.eval()
+    x = torch.rand(8, 6)
+    expected = layer(x)
+    path = tmp_path / "layer.pt"
+    torch.save(layer.state_dict(), path)
+    fresh = make_layer("apq", bits=4)
+    fresh.load_state_dict(torch.load(path, weights_only=True))
+    fresh.eval()
+    assert scheme_decisions(fresh) == scheme_decisions(layer)
+    assert "AQ" in scheme_decisions(fresh).values()
+    torch.testing.assert_close(fresh(x), expected, rtol=0, atol=0)
+
+
+def test_symmetry_history_is_reachable_from_python():
+    torch.manual_seed(0)
+    layer = make_layer("apq", bits=8)
+    for _ in range(3):
+        layer(torch.randn(4, 6))
+    hist = symmetry_history(layer, adaptive_only=True)
+    assert set(hist.columns) == {"quantizer", "quant_scheme", "step", "symmetry", "scheme"}
+    assert set(hist.quantizer) == {
+        "0.act_quant",
+        "1.weight_quant",
+        "1.bias_quant",
+        "1.output_quant",
+    }
+    assert hist.groupby("quantizer").step.max().eq(3).all()
+    assert hist.symmetry.between(0, 1).all()
+
+
+# --- Brevitas layers and export ----------------------------------------------------------------
+
+
+def make_layer(scheme: str, bits: int) -> torch.nn.Module:
+    weight, bias, act = QUANTS[scheme]
+    return torch.nn.Sequential(
+        qnn.QuantIdentity(act_quant=act, bit_width=bits, return_quant_tensor=True),
+        qnn.QuantLinear(
+            6,
+            5,
+            bias=True,
+            weight_quant=weight,
+            weight_bit_width=bits,
+            bias_quant=bias,
+            bias_bit_width=max(bits, 8),
+            output_quant=act,
+            output_bit_width=bits,
+            return_quant_tensor=False,
+        ),
+    )
+
+
+@pytest.mark.parametrize("scheme", ["sq", "aq", "apq"])
+@pytest.mark.parametrize("bits", [2, 4, 8, 16])
+def test_export_round_trip(tmp_path, scheme, bits):
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    torch.manual_seed(bits)
+    model = make_layer(scheme, bits)
+    for _ in range(4):  # skewed inputs so that APQ picks AQ on the input quantiser
+        model(torch.rand(32, 6) * 2 - 0.3)
+    model.eval()
+    x = torch.rand(64, 6) * 2 - 0.3
+    path = export_qonnx_model(model, x[:1], tmp_path / "m.onnx")
+    expected = model(x).detach().numpy()
+    got = run_qonnx(path, x)
+    assert np.abs(got - expected).max() <= 1e-5
+    quant_nodes = [n for n in ModelWrapper(str(path)).graph.node if n.op_type == "Quant"]
+    assert len(quant_nodes) == 4
+    wrapper = ModelWrapper(str(path))
+    zero_points = [float(wrapper.get_initializer(n.input[2])) for n in quant_nodes]
+    if scheme == "sq":
+        assert zero_points == [0.0] * 4
+    if scheme in ("aq", "apq"):
+        assert zero_points[0] != 0.0  # the skewed input quantiser carries a zero point
+
+
+def test_export_carries_the_frozen_apq_decision(tmp_path):
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    torch.manual_seed(0)
+    model = make_layer("apq", 8)
+    for _ in range(4):
+        x = torch.randn(16, 6)
+        model(torch.cat([x, -x]))  # an exactly symmetric input range: S = 0, SQ
+    model.eval()
+    decisions = scheme_decisions(model)
+    path = export_qonnx_model(model, torch.randn(1, 6), tmp_path / "m.onnx")
+    wrapper = ModelWrapper(str(path))
+    quant_nodes = [n for n in wrapper.graph.node if n.op_type == "Quant"]
+    exported_zero = [float(wrapper.get_initializer(n.input[2])) == 0.0 for n in quant_nodes]
+    # export order: input act, weight, bias, output act (as Brevitas traces them)
+    assert decisions["0.act_quant"] == "SQ" and exported_zero[0]
+    assert scheme_decisions(model) == decisions  # exporting did not touch the decision
+    assert model.training is False
+
+
+def test_signed_and_narrow_are_static_and_exported(tmp_path):
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.custom_op.registry import getCustomOp
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        qnn.QuantIdentity(act_quant=SQActQuant, return_quant_tensor=True),
+        qnn.QuantLinear(4, 4, bias=False, weight_quant=APQWeightQuant, return_quant_tensor=True),
+        qnn.QuantReLU(act_quant=UnsignedActQuant, return_quant_tensor=False),
+    )
+    model(torch.randn(8, 4))
+    model.eval()
+    path = export_qonnx_model(model, torch.randn(1, 4), tmp_path / "m.onnx")
+    wrapper = ModelWrapper(str(path))
+    attrs = [
+        (getCustomOp(n).get_nodeattr("signed"), getCustomOp(n).get_nodeattr("narrow"))
+        for n in wrapper.graph.node
+        if n.op_type == "Quant"
+    ]
+    assert attrs == [(1, 0), (1, 1), (0, 0)]
+
+
+def test_unsigned_act_quant_on_relu_output_has_zero_point_zero():
+    torch.manual_seed(0)
+    relu = qnn.QuantReLU(act_quant=UnsignedActQuant, bit_width=4, return_quant_tensor=True)
+    out = relu(torch.randn(64))
+    assert float(out.zero_point) == 0.0 and not bool((out.value < 0).any())
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bits", [1, 17, 4.5, -3, "8", True])
+def test_bad_bit_width_names_parameter_value_and_range(bits):
+    with pytest.raises(ValueError, match=r"bit_width=.*allowed: integers 2 to 16"):
+        qnn.QuantLinear(4, 4, bias=False, weight_quant=SQWeightQuant, weight_bit_width=bits)
+
+
+@pytest.mark.parametrize("threshold", [-0.1, float("nan"), 1.5, "0.1"])
+def test_bad_threshold_names_parameter_value_and_range(threshold):
+    with pytest.raises(ValueError, match=r"symmetry_threshold=.*allowed: a number from 0 to 1"):
+        qnn.QuantIdentity(act_quant=APQActQuant, symmetry_threshold=threshold)
+
+
+@pytest.mark.parametrize("momentum", [0.0, -1.0, 2.0, float("nan")])
+def test_bad_momentum(momentum):
+    with pytest.raises(ValueError, match=r"stats_momentum=.*allowed"):
+        make_core("apq", 8, runtime_stats=True, stats_momentum=momentum)
+
+
+def test_unknown_scheme():
+    with pytest.raises(ValueError, match=r"quant_scheme='xq'.*allowed: sq, aq, apq"):
+        make_core("xq", 8)
