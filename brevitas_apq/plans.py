@@ -1,0 +1,362 @@
+"""Per-layer bit plans: typed, frozen, validated configurations of every quantiser of a model.
+
+A plan gives each quantised object its bit width and scheme (SQ, AQ or APQ with its threshold):
+the eight linear layers ``L1``-``L8`` (weight, bias and output activation each) and the extra
+activation quantisers of the Transformer (attention scores, softmax, residual adds, ...).
+Plans come from presets or YAML and fail loudly on anything that matches nothing::
+
+    from brevitas_apq.plans import BitPlan
+
+    plan = BitPlan.from_presets("mixed-4-8", "sq-apq")   # the paper's proposal
+    plan.layers["L8"].weight.bits                         # 8
+    plan.to_yaml("plan.yaml")
+    same = BitPlan.from_yaml("plan.yaml")
+
+Bit presets: ``all-8``, ``all-4``, ``mixed-4-8`` (L8 -- its weights, bias and output -- at 8
+bits, everything else at 4). Scheme presets: ``all-sq``, ``all-aq``, ``sq-aq`` (SQ for weights
+and biases, AQ for activations), ``sq-apq`` (SQ for weights and biases, APQ for activations) and
+``all-apq``.
+
+YAML files may start from presets and override single entries::
+
+    base: {bits: mixed-4-8, schemes: sq-apq, threshold: 0.1}
+    layers:
+      L1: {weight: {bits: 8}}
+    activations:
+      scores: {bits: 8, scheme: aq}
+
+Two activations are one-sided by construction and always use an unsigned grid with zero point 0
+(``UnsignedActQuant``): ``softmax`` (probabilities) and ``relu`` (the FFN activation). On
+``[0, max]`` the unsigned grid is exactly the asymmetric quantiser, at no zero-point cost, and it
+is what FINN needs after ReLU. Their entries take a bit width; a scheme other than ``sq`` is
+rejected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from brevitas_apq.quant import (
+    APQActQuant,
+    APQBiasQuant,
+    APQWeightQuant,
+    AQActQuant,
+    AQBiasQuant,
+    AQWeightQuant,
+    SQActQuant,
+    SQBiasQuant,
+    SQWeightQuant,
+    UnsignedActQuant,
+)
+from brevitas_apq.quant.validation import SCHEMES, check_bit_width, check_scheme, check_threshold
+
+LAYERS = ("L1", "L2", "L3", "L4", "L5", "L6", "L7", "L8")
+LAYER_ROLES = ("weight", "bias", "output")
+ACTIVATIONS = (
+    "input",  # model input, before L1
+    "pos",  # both inputs of the positional-encoding add (one shared quantiser)
+    "scores",  # attention scores, the softmax input
+    "softmax",  # softmax output (unsigned)
+    "context",  # attention-weighted values, the input of L5
+    "res1",  # both inputs of the attention residual add (shared)
+    "norm1",  # after the first normalisation
+    "relu",  # after the FFN ReLU (unsigned)
+    "res2",  # both inputs of the FFN residual add (shared)
+    "norm2",  # after the second normalisation
+    "pool",  # after average pooling over time, the input of L8
+)
+UNSIGNED_ACTIVATIONS = ("softmax", "relu")
+BIT_PRESETS = ("all-8", "all-4", "mixed-4-8")
+SCHEME_PRESETS = ("all-sq", "all-aq", "sq-aq", "sq-apq", "all-apq")
+
+_WEIGHT_QUANTS = {"sq": SQWeightQuant, "aq": AQWeightQuant, "apq": APQWeightQuant}
+_BIAS_QUANTS = {"sq": SQBiasQuant, "aq": AQBiasQuant, "apq": APQBiasQuant}
+_ACT_QUANTS = {"sq": SQActQuant, "aq": AQActQuant, "apq": APQActQuant}
+
+
+class PlanError(ValueError):
+    """A plan that names something that does not exist or holds an invalid value."""
+
+
+def _unknown(kind: str, got: Any, valid: tuple[str, ...] | list[str]) -> PlanError:
+    return PlanError(f"unknown {kind} {got!r}; valid: {', '.join(valid)}")
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """Bit width and scheme of one quantiser."""
+
+    bits: int
+    scheme: str = "sq"
+    threshold: float = 0.1
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "bits", check_bit_width(self.bits, "bits"))
+            object.__setattr__(self, "scheme", check_scheme(self.scheme, "scheme"))
+            object.__setattr__(self, "threshold", check_threshold(self.threshold, "threshold"))
+        except ValueError as err:
+            raise PlanError(str(err)) from None
+
+    def replace(self, **changes: Any) -> QuantSpec:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        # The threshold is written for every scheme so that a later override to APQ keeps it.
+        return {"bits": self.bits, "scheme": self.scheme, "threshold": self.threshold}
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """The three quantisers of a linear layer."""
+
+    weight: QuantSpec
+    bias: QuantSpec
+    output: QuantSpec
+
+
+@dataclass(frozen=True)
+class BitPlan:
+    """A complete, validated plan for the Transformer's quantisers (see the module docstring)."""
+
+    layers: Mapping[str, LayerSpec]
+    activations: Mapping[str, QuantSpec]
+    name: str = "custom"
+    description: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        layers, acts = dict(self.layers), dict(self.activations)
+        for key in layers:
+            if key not in LAYERS:
+                raise _unknown("layer", key, LAYERS)
+        for key in acts:
+            if key not in ACTIVATIONS:
+                raise _unknown("activation", key, ACTIVATIONS)
+        missing = [k for k in LAYERS if k not in layers] + [k for k in ACTIVATIONS if k not in acts]
+        if missing:
+            raise PlanError(f"plan {self.name!r} has no entry for: {', '.join(missing)}")
+        for key in UNSIGNED_ACTIVATIONS:
+            if acts[key].scheme != "sq":
+                raise PlanError(
+                    f"activation {key!r} always uses an unsigned grid with zero point 0; "
+                    f"scheme {acts[key].scheme!r} is not allowed there (give only its bits)"
+                )
+        object.__setattr__(self, "layers", layers)
+        object.__setattr__(self, "activations", acts)
+
+    # --- construction ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_presets(
+        cls, bits: str = "mixed-4-8", schemes: str = "sq-apq", threshold: float = 0.1
+    ) -> BitPlan:
+        """A plan from a bit preset and a scheme preset (see the module docstring)."""
+        if bits not in BIT_PRESETS:
+            raise _unknown("bit preset", bits, BIT_PRESETS)
+        if schemes not in SCHEME_PRESETS:
+            raise _unknown("scheme preset", schemes, SCHEME_PRESETS)
+        param_scheme = {"all-aq": "aq", "all-apq": "apq"}.get(schemes, "sq")
+        act_scheme = {"all-sq": "sq", "all-aq": "aq", "sq-aq": "aq"}.get(schemes, "apq")
+
+        def bits_of(layer: str | None) -> int:
+            if bits == "all-8" or (bits == "mixed-4-8" and layer == "L8"):
+                return 8
+            return 4
+
+        def spec(b: int, scheme: str) -> QuantSpec:
+            return QuantSpec(b, scheme, threshold)
+
+        layers = {
+            name: LayerSpec(
+                weight=spec(bits_of(name), param_scheme),
+                bias=spec(bits_of(name), param_scheme),
+                output=spec(bits_of(name), act_scheme),
+            )
+            for name in LAYERS
+        }
+        acts = {
+            name: spec(bits_of(None), "sq" if name in UNSIGNED_ACTIVATIONS else act_scheme)
+            for name in ACTIVATIONS
+        }
+        return cls(layers, acts, name=f"{bits}/{schemes}")
+
+    @classmethod
+    def parse(cls, text: str, schemes: str | None = None, threshold: float = 0.1) -> BitPlan:
+        """A plan from a command-line value: ``"BITS/SCHEMES"``, ``BITS`` plus ``schemes``, or
+        the path of a YAML file."""
+        bits, _, scheme_part = text.partition("/")
+        if bits in BIT_PRESETS:
+            return cls.from_presets(bits, scheme_part or schemes or "sq-apq", threshold)
+        path = Path(text)
+        if path.is_file():
+            return cls.from_yaml(path)
+        raise PlanError(
+            f"plan {text!r} is neither a preset nor an existing YAML file; presets: "
+            f"BITS or BITS/SCHEMES with BITS in {', '.join(BIT_PRESETS)} and SCHEMES in "
+            f"{', '.join(SCHEME_PRESETS)}"
+        )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BitPlan:
+        """A plan from the YAML structure (a ``base`` of presets plus overrides)."""
+        if not isinstance(data, Mapping):
+            raise PlanError("a plan must be a mapping with keys base, layers, activations, name")
+        top = ("name", "description", "base", "layers", "activations")
+        for key in data:
+            if key not in top:
+                raise _unknown("plan key", key, top)
+        base = data.get("base") or {}
+        base_keys = ("bits", "schemes", "threshold")
+        for key in base:
+            if key not in base_keys:
+                raise _unknown("base key", key, base_keys)
+        plan = cls.from_presets(
+            base.get("bits", "all-8"), base.get("schemes", "all-sq"), base.get("threshold", 0.1)
+        )
+        layers = dict(plan.layers)
+        for name, roles in (data.get("layers") or {}).items():
+            if name not in LAYERS:
+                raise _unknown("layer", name, LAYERS)
+            if not isinstance(roles, Mapping):
+                raise PlanError(f"layer {name!r}: expected a mapping of {', '.join(LAYER_ROLES)}")
+            current = {role: getattr(layers[name], role) for role in LAYER_ROLES}
+            for role, values in roles.items():
+                if role not in LAYER_ROLES:
+                    raise _unknown(f"role of layer {name!r}", role, LAYER_ROLES)
+                current[role] = _merge(layers[name].__getattribute__(role), values, name, role)
+            layers[name] = LayerSpec(**current)
+        acts = dict(plan.activations)
+        for name, values in (data.get("activations") or {}).items():
+            if name not in ACTIVATIONS:
+                raise _unknown("activation", name, ACTIVATIONS)
+            acts[name] = _merge(acts[name], values, name)
+        return cls(
+            layers,
+            acts,
+            name=str(data.get("name", plan.name if "base" in data else "custom")),
+            description=str(data.get("description", "")),
+        )
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> BitPlan:
+        try:
+            data = yaml.safe_load(Path(path).read_text())
+        except yaml.YAMLError as err:
+            raise PlanError(f"plan file {str(path)!r} is not valid YAML: {err}") from None
+        try:
+            return cls.from_dict(data or {})
+        except PlanError as err:
+            raise PlanError(f"plan file {str(path)!r}: {err}") from None
+
+    # --- output ---------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """The explicit form: every layer role and activation spelled out."""
+        return {
+            "name": self.name,
+            "layers": {
+                name: {role: getattr(spec, role).to_dict() for role in LAYER_ROLES}
+                for name, spec in self.layers.items()
+            },
+            "activations": {name: spec.to_dict() for name, spec in self.activations.items()},
+        }
+
+    def to_yaml(self, path: str | Path) -> Path:
+        """Write the explicit form atomically."""
+        path = Path(path)
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".yaml")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+        return path
+
+    # --- use ------------------------------------------------------------------------------------
+
+    def with_layer_bits(self, layer: str, bits: int) -> BitPlan:
+        """A copy with all three quantisers of ``layer`` at ``bits``."""
+        if layer not in LAYERS:
+            raise _unknown("layer", layer, LAYERS)
+        spec = self.layers[layer]
+        new = LayerSpec(*(getattr(spec, r).replace(bits=bits) for r in LAYER_ROLES))
+        return dataclasses.replace(
+            self, layers={**self.layers, layer: new}, name=f"{self.name}+{layer}@{bits}"
+        )
+
+    def linear_kwargs(self, layer: str) -> dict[str, Any]:
+        """Keyword arguments of ``brevitas.nn.QuantLinear`` for ``layer``'s quantisers."""
+        if layer not in self.layers:
+            raise _unknown("layer", layer, LAYERS)
+        spec = self.layers[layer]
+        return {
+            "weight_quant": _WEIGHT_QUANTS[spec.weight.scheme],
+            "weight_bit_width": spec.weight.bits,
+            "weight_symmetry_threshold": spec.weight.threshold,
+            "bias_quant": _BIAS_QUANTS[spec.bias.scheme],
+            "bias_bit_width": spec.bias.bits,
+            "bias_symmetry_threshold": spec.bias.threshold,
+            "output_quant": _ACT_QUANTS[spec.output.scheme],
+            "output_bit_width": spec.output.bits,
+            "output_symmetry_threshold": spec.output.threshold,
+            "return_quant_tensor": False,
+        }
+
+    def act_kwargs(self, name: str) -> dict[str, Any]:
+        """Keyword arguments of ``QuantIdentity`` / ``QuantReLU`` for activation ``name``."""
+        if name not in self.activations:
+            raise _unknown("activation", name, ACTIVATIONS)
+        spec = self.activations[name]
+        quant = UnsignedActQuant if name in UNSIGNED_ACTIVATIONS else _ACT_QUANTS[spec.scheme]
+        return {
+            "act_quant": quant,
+            "bit_width": spec.bits,
+            "symmetry_threshold": spec.threshold,
+            "return_quant_tensor": False,
+        }
+
+    def summary(self) -> dict[str, str]:
+        """``{object: "4b apq"}`` for display."""
+        out = {}
+        for name, spec in self.layers.items():
+            for role in LAYER_ROLES:
+                q = getattr(spec, role)
+                out[f"{name}.{role}"] = f"{q.bits}b {q.scheme}"
+        for name, q in self.activations.items():
+            out[name] = f"{q.bits}b {'unsigned' if name in UNSIGNED_ACTIVATIONS else q.scheme}"
+        return out
+
+
+def _merge(spec: QuantSpec, values: Any, *where: str) -> QuantSpec:
+    label = ".".join(where)
+    if not isinstance(values, Mapping):
+        raise PlanError(f"{label}: expected a mapping with bits, scheme, threshold")
+    keys = ("bits", "scheme", "threshold")
+    for key in values:
+        if key not in keys:
+            raise _unknown(f"key of {label}", key, keys)
+    try:
+        return spec.replace(**values)
+    except PlanError as err:
+        raise PlanError(f"{label}: {err}") from None
+
+
+__all__ = [
+    "ACTIVATIONS",
+    "BIT_PRESETS",
+    "LAYERS",
+    "SCHEMES",
+    "SCHEME_PRESETS",
+    "UNSIGNED_ACTIVATIONS",
+    "BitPlan",
+    "LayerSpec",
+    "PlanError",
+    "QuantSpec",
+]

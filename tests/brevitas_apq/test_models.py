@@ -1,0 +1,105 @@
+"""Tests of the time-series Transformer, float and quantised."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from qonnx.core.modelwrapper import ModelWrapper
+
+from brevitas_apq.export import export_qonnx_model, run_qonnx
+from brevitas_apq.models import ModelConfig, TimeSeriesTransformer, sinusoidal_encoding
+from brevitas_apq.plans import LAYERS, BitPlan
+from brevitas_apq.quant import iter_quantizers, scheme_decisions
+
+
+def calibrate(model, n_features=5, steps=3):
+    torch.manual_seed(1)
+    model.train()
+    for _ in range(steps):
+        model(torch.randn(16, 24, n_features))
+    return model.eval()
+
+
+def test_float_model_has_the_papers_eight_linear_layers():
+    model = TimeSeriesTransformer(ModelConfig(n_features=5))
+    linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert linears == list(LAYERS)
+    assert (model.L1.in_features, model.L1.out_features) == (5, 16)
+    assert (model.L6.out_features, model.L7.in_features, model.L8.out_features) == (64, 64, 1)
+    assert model(torch.randn(3, 24, 5)).shape == (3,)
+
+
+def test_quantised_model_loads_float_weights_and_has_every_quantiser():
+    cfg = ModelConfig(n_features=5)
+    float_model = TimeSeriesTransformer(cfg)
+    plan = BitPlan.from_presets("mixed-4-8", "sq-apq")
+    model = TimeSeriesTransformer(cfg, plan)
+    model.load_float_weights(float_model)
+    torch.testing.assert_close(model.L3.weight, float_model.L3.weight)
+    names = {name for name, _ in iter_quantizers(model)}
+    # 8 layers x (weight, bias, output) + the 11 activation quantisers
+    assert len(names) == 8 * 3 + 11
+    assert model.L8.weight_quant.tensor_quant.bit_width == 8
+    assert model.L1.weight_quant.tensor_quant.bit_width == 4
+
+
+def test_residual_adds_share_one_quantiser_instance():
+    model = TimeSeriesTransformer(ModelConfig(n_features=5), BitPlan.from_presets())
+    calibrate(model)
+    # the shared quantiser gives both add inputs the same scale
+    assert len([n for n in dict(model.named_modules()) if n == "res1_quant"]) == 1
+
+
+@pytest.mark.parametrize("heads", [1, 2, 4])
+def test_multi_head_shapes(heads):
+    model = TimeSeriesTransformer(ModelConfig(n_features=3, n_heads=heads), BitPlan.from_presets())
+    model.train()
+    assert model(torch.randn(2, 24, 3)).shape == (2,)
+
+
+@pytest.mark.parametrize(("bits", "schemes"), [("mixed-4-8", "sq-apq"), ("all-4", "all-aq")])
+def test_quantised_transformer_exports_and_matches_qonnx(tmp_path, bits, schemes):
+    model = TimeSeriesTransformer(ModelConfig(n_features=5), BitPlan.from_presets(bits, schemes))
+    calibrate(model)
+    x = torch.randn(4, 24, 5)
+    expected = model(x).detach().numpy()
+    path = export_qonnx_model(model, x[:1], tmp_path / "model.onnx")
+    got = run_qonnx(path, x).reshape(-1)
+    assert np.abs(got - expected).max() <= 1e-5
+    graph = ModelWrapper(str(path)).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"Quant", "MatMul", "Softmax"} <= ops
+    zero_points = [
+        float(ModelWrapper(str(path)).get_initializer(n.input[2]))
+        for n in graph.node
+        if n.op_type == "Quant"
+    ]
+    if schemes == "all-aq":
+        assert any(z != 0 for z in zero_points)
+    decisions = scheme_decisions(model)
+    if schemes == "sq-apq":
+        assert all(decisions[f"{layer}.weight_quant"] == "SQ" for layer in LAYERS)
+
+
+def test_bad_model_config_is_a_clear_error():
+    with pytest.raises(ValueError, match="d_model=16 is not divisible by n_heads=3"):
+        ModelConfig(n_features=4, n_heads=3)
+    with pytest.raises(ValueError, match="norm='group'"):
+        ModelConfig(n_features=4, norm="group")
+    with pytest.raises(ValueError, match="n_features=0"):
+        ModelConfig(n_features=0)
+
+
+def test_loading_float_weights_of_another_shape_fails():
+    a = TimeSeriesTransformer(ModelConfig(n_features=5))
+    b = TimeSeriesTransformer(ModelConfig(n_features=6), BitPlan.from_presets())
+    with pytest.raises(ValueError, match="same shape"):
+        b.load_float_weights(a)
+
+
+def test_positional_encoding_is_sinusoidal():
+    pe = sinusoidal_encoding(24, 16)
+    assert pe.shape == (24, 16)
+    assert float(pe[0, 0]) == 0.0 and float(pe[0, 1]) == 1.0
+    assert float(pe.abs().max()) <= 1.0
