@@ -1,6 +1,6 @@
 """SQ, AQ and APQ quantisers for Brevitas, and tools to inspect their decisions."""
 
-from brevitas_apq.quant.core import AdaptiveIntQuant, SymmetryRecord, symmetry_metric
+from brevitas_apq.quant.core import AdaptiveIntQuant, SymmetryRecord, mark_batch, symmetry_metric
 from brevitas_apq.quant.injectors import (
     AdaptiveCore,
     APQActQuant,
@@ -35,6 +35,7 @@ __all__ = [
     "SymmetryRecord",
     "UnsignedActQuant",
     "iter_quantizers",
+    "mark_batch",
     "scheme_decisions",
     "symmetry_history",
     "symmetry_metric",

@@ -13,10 +13,11 @@ static signed / narrow-range grid). What it adds is the choice of scale and zero
   point and APQ can switch between them at run time without changing what Brevitas exports as
   ``signed`` / ``narrow_range``. (A signed grid with a zero point is also what the exact FINN
   lowering ``Quant(x; s, z) = Quant(x + z*s; s, 0) - z*s`` needs, see ``finn_flow``.)
-* **APQ** (adaptive): in training mode, every forward pass (one per mini-batch) measures the
-  symmetry metric ``S`` of the range that sets the scale and picks SQ when
-  ``S <= symmetry_threshold``, AQ otherwise. In eval mode and at export the last decision is
-  frozen: it lives in the registered buffer ``use_zero_point`` and never depends on the input.
+* **APQ** (adaptive): during training, after every mini-batch, it measures the symmetry metric
+  ``S`` of the range that sets the scale and picks SQ when ``S <= symmetry_threshold``, AQ
+  otherwise. In eval mode and at export the last decision is frozen: it lives in the registered
+  buffer ``use_zero_point`` (saved and loaded with ``state_dict``) and never depends on the
+  input.
 
 The symmetry metric (see :func:`symmetry_metric`) is ``S = |max + min| / (max - min)``, clipped
 to [0, 1]: 0 for a range symmetric about zero, 1 for a one-sided range. It is the distance of the
@@ -24,16 +25,22 @@ range's centre from zero in units of its half-width, and it measures exactly wha
 SQ's step is ``(1 + S)`` times AQ's step for the same range. The default threshold 0.1 therefore
 reads "pay for a zero point when SQ would be more than about 10 % coarser".
 
-Statistics: parameters (weights, biases) use their current min / max on every call; runtime
-tensors (activations) keep an exponential moving average of the per-batch min / max during
-training (as PyTorch's moving-average observers and Brevitas's runtime-statistics scaling do) and
-use the frozen averages in eval mode.
+Statistics and mini-batches: parameters (weights, biases) use their current min / max at every
+call. Runtime tensors (activations) keep an exponential moving average of the per-mini-batch
+min / max (as PyTorch's moving-average observers and Brevitas's runtime-statistics scaling do),
+frozen in eval mode. A mini-batch ends at every ``torch.optim`` optimizer step (a global
+post-step hook) or at :func:`mark_batch`; until then every call of a quantiser adds to one range,
+so a quantiser shared by both inputs of an add sees the union of the two and quantises both with
+the same scale. The new range, S and the decision take effect from the next mini-batch (the
+"delayed scaling" of FP8 training): each forward pass of a mini-batch uses one consistent scale.
+The very first mini-batch, with no history yet, uses its own range.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from brevitas_apq.quant.validation import (
     check_bit_width,
@@ -41,6 +48,30 @@ from brevitas_apq.quant.validation import (
     check_scheme,
     check_threshold,
 )
+
+
+class _MiniBatches:
+    """Counts finished mini-batches: every ``torch.optim`` optimizer step, plus ``mark_batch``."""
+
+    count = 0
+
+
+def _count_optimizer_step(optimizer, args, kwargs) -> None:
+    _MiniBatches.count += 1
+
+
+register_optimizer_step_post_hook(_count_optimizer_step)
+
+
+def mark_batch() -> None:
+    """Mark the end of a mini-batch for training loops that do not step a ``torch.optim``
+    optimizer (every optimizer step already does this).
+
+    Runtime quantisers fold a mini-batch's statistics into their running range, measure S and
+    re-decide SQ / AQ at the first training-mode call after the mark.
+    """
+    _MiniBatches.count += 1
+
 
 # A record chunk is compacted into one tensor every this many steps (cheap appends, bounded
 # number of Python objects over long training runs).
@@ -99,6 +130,13 @@ class SymmetryRecord:
     def clear(self) -> None:
         self._chunks, self._pending = [], []
 
+    def state(self) -> Tensor:
+        """The whole record as one (steps, 3) tensor: step, S, zero point used (for checkpoints)."""
+        return self._table().clone()
+
+    def load_state(self, table: Tensor) -> None:
+        self._chunks, self._pending = [table.to(torch.float64).clone()], []
+
 
 class AdaptiveIntQuant(nn.Module):
     """Per-tensor integer quantiser with a symmetric, asymmetric or adaptive scale / zero point.
@@ -156,6 +194,9 @@ class AdaptiveIntQuant(nn.Module):
         self.register_buffer("running_min", torch.tensor(0.0))
         self.register_buffer("running_max", torch.tensor(0.0))
         self.record = SymmetryRecord()
+        self._pending: tuple[Tensor, Tensor] | None = None
+        self._pending_batch = -1
+        self._recorded_batch = -1
 
     @property
     def scheme(self) -> str:
@@ -166,22 +207,62 @@ class AdaptiveIntQuant(nn.Module):
     def is_adaptive(self) -> bool:
         return self.quant_scheme == "apq"
 
-    def _observe(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Update the statistics from ``x`` (training) and return the range that sets the scale."""
-        x = x.detach()
-        lo, hi = torch.aminmax(x)
-        if self.runtime_stats:
-            if int(self.num_updates) == 0:
-                self.running_min.copy_(lo)
-                self.running_max.copy_(hi)
-            else:
-                self.running_min.lerp_(lo, self.stats_momentum)
-                self.running_max.lerp_(hi, self.stats_momentum)
-            lo, hi = self.running_min, self.running_max
-        else:
+    def _observe(self, x: Tensor) -> None:
+        """Take in the statistics of ``x`` (training mode)."""
+        lo, hi = torch.aminmax(x.detach())
+        step = _MiniBatches.count
+        if not self.runtime_stats:
+            # Parameters: S and the decision follow the tensor itself at every call; the record
+            # keeps one row per mini-batch.
             self.running_min.copy_(lo)
             self.running_max.copy_(hi)
-        return lo, hi
+            self._decide()
+            if self._recorded_batch != step or int(self.num_updates) == 0:
+                self._recorded_batch = step
+                self.num_updates += 1
+                self.record.append(self.num_updates, self.symmetry, self.use_zero_point)
+            return
+        if self._pending is not None and self._pending_batch != step:
+            self.commit()
+        if self._pending is None:
+            self._pending, self._pending_batch = (lo, hi), step
+        else:  # a shared quantiser called again in the same mini-batch: one union range
+            self._pending = (
+                torch.minimum(self._pending[0], lo),
+                torch.maximum(self._pending[1], hi),
+            )
+
+    def _decide(self) -> None:
+        s = symmetry_metric(self.running_min, self.running_max)
+        self.symmetry.copy_(s)
+        if self.is_adaptive:
+            self.use_zero_point.copy_(s > self.symmetry_threshold)
+
+    @torch.no_grad()
+    def commit(self) -> None:
+        """Fold the pending mini-batch range into the running statistics and decide SQ / AQ.
+
+        Called automatically at the first training-mode call after an optimizer step (see
+        :func:`mark_batch`) and when the module switches to eval mode.
+        """
+        if self._pending is None:
+            return
+        lo, hi = self._pending
+        self._pending = None
+        if int(self.num_updates) == 0:
+            self.running_min.copy_(lo)
+            self.running_max.copy_(hi)
+        else:
+            self.running_min.lerp_(lo, self.stats_momentum)
+            self.running_max.lerp_(hi, self.stats_momentum)
+        self._decide()
+        self.num_updates += 1
+        self.record.append(self.num_updates, self.symmetry, self.use_zero_point)
+
+    def train(self, mode: bool = True) -> AdaptiveIntQuant:
+        if not mode:
+            self.commit()  # the last mini-batch counts before the decision freezes
+        return super().train(mode)
 
     def _frozen_range(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if not self.runtime_stats:
@@ -211,13 +292,13 @@ class AdaptiveIntQuant(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         if self.training:
             with torch.no_grad():
-                lo, hi = self._observe(x)
-                s = symmetry_metric(lo, hi)
-                if self.is_adaptive:
-                    self.use_zero_point.copy_(s > self.symmetry_threshold)
-                self.symmetry.copy_(s)
-                self.num_updates += 1
-                self.record.append(self.num_updates, s, self.use_zero_point)
+                self._observe(x)
+            if self.runtime_stats and int(self.num_updates) == 0:
+                lo, hi = self._pending  # the very first mini-batch: its own range so far
+            elif self.runtime_stats:
+                lo, hi = self.running_min, self.running_max
+            else:
+                lo, hi = x.detach().aminmax()
         else:
             lo, hi = self._frozen_range(x)
         scale, zero_point = self.scale_zero_point(lo, hi)
@@ -231,4 +312,4 @@ class AdaptiveIntQuant(nn.Module):
         )
 
 
-__all__ = ["AdaptiveIntQuant", "SymmetryRecord", "symmetry_metric"]
+__all__ = ["AdaptiveIntQuant", "SymmetryRecord", "mark_batch", "symmetry_metric"]

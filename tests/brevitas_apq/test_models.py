@@ -10,14 +10,17 @@ from qonnx.core.modelwrapper import ModelWrapper
 from brevitas_apq.export import export_qonnx_model, run_qonnx
 from brevitas_apq.models import ModelConfig, TimeSeriesTransformer, sinusoidal_encoding
 from brevitas_apq.plans import LAYERS, BitPlan
-from brevitas_apq.quant import iter_quantizers, scheme_decisions
+from brevitas_apq.quant import iter_quantizers, mark_batch, scheme_decisions
 
 
-def calibrate(model, n_features=5, steps=3):
+def calibrate(model, n_features=5, steps=20):
+    """Some mini-batches of statistics (a few steps leave rational scale ratios between
+    quantisers, which make exact rounding ties, and so one-LSB torch/onnx differences, common)."""
     torch.manual_seed(1)
     model.train()
     for _ in range(steps):
-        model(torch.randn(16, 24, n_features))
+        model(torch.randn(16, 24, n_features) * (1 + torch.rand(1)))
+        mark_batch()
     return model.eval()
 
 
@@ -62,7 +65,7 @@ def test_multi_head_shapes(heads):
 def test_quantised_transformer_exports_and_matches_qonnx(tmp_path, bits, schemes):
     model = TimeSeriesTransformer(ModelConfig(n_features=5), BitPlan.from_presets(bits, schemes))
     calibrate(model)
-    x = torch.randn(4, 24, 5)
+    x = torch.randn(32, 24, 5)
     expected = model(x).detach().numpy()
     path = export_qonnx_model(model, x[:1], tmp_path / "model.onnx")
     got = run_qonnx(path, x).reshape(-1)

@@ -26,6 +26,7 @@ from brevitas_apq.quant import (
     SQBiasQuant,
     SQWeightQuant,
     UnsignedActQuant,
+    mark_batch,
     scheme_decisions,
     symmetry_history,
     symmetry_metric,
@@ -155,9 +156,11 @@ def test_apq_picks_sq_on_symmetric_and_aq_on_skewed_data():
     torch.manual_seed(0)
     sym = make_core("apq", 8, runtime_stats=True)
     sym(torch.linspace(-1, 1, 101))
+    sym.eval()  # the end of training folds in the last mini-batch
     assert sym.scheme == "SQ" and float(sym.symmetry) == pytest.approx(0.0, abs=1e-6)
     skew = make_core("apq", 8, runtime_stats=True)
     skew(torch.rand(1000) * 3 - 0.5)  # range about [-0.5, 2.5]: S about 0.67
+    skew.eval()
     assert skew.scheme == "AQ"
     assert float(skew(torch.rand(10))[2]) != 0.0  # a non-zero zero point in AQ
 
@@ -177,14 +180,20 @@ def test_apq_threshold_is_respected():
 def test_apq_changes_decision_when_training_distribution_moves():
     torch.manual_seed(0)
     core = make_core("apq", 8, runtime_stats=True, stats_momentum=0.2)
+
+    def batch(x):
+        core(x)
+        mark_batch()  # what every optimizer step does
+
     for _ in range(20):
-        core(torch.randn(256))
+        batch(torch.randn(256))
     assert core.scheme == "SQ"
     for _ in range(40):
-        core(torch.rand(256) * 2)  # one-sided: the running range drifts to [0, 2]
+        batch(torch.rand(256) * 2)  # one-sided: the running range drifts to [0, 2]
     assert core.scheme == "AQ"
     for _ in range(60):
-        core(torch.randn(256))
+        batch(torch.randn(256))
+    core.eval()  # folds in the last mini-batch
     assert core.scheme == "SQ"
     flips = [r[2] for r in core.record.rows()]
     assert flips[19] == "SQ" and flips[59] == "AQ" and flips[-1] == "SQ"
@@ -201,6 +210,34 @@ def test_apq_never_changes_in_eval_and_ignores_the_input():
     _, s2, z2, _ = core(-torch.rand(512))
     assert core.scheme == decision and len(core.record) == n
     assert torch.equal(s1, s2) and torch.equal(z1, z2)
+
+
+def test_calls_within_one_mini_batch_share_one_range_and_scale():
+    """A quantiser shared by both inputs of an add quantises both with one scale."""
+    core = make_core("sq", 8, runtime_stats=True)
+    core(torch.tensor([-1.0, 1.0]))  # first mini-batch, first call
+    core(torch.tensor([-0.5, 0.5]))  # same mini-batch: the union [-1, 1] is its range
+    mark_batch()
+    _, scale_a, _, _ = core(torch.tensor([-4.0, 4.0]))
+    _, scale_b, _, _ = core(torch.tensor([-0.5, 0.5]))
+    assert torch.equal(scale_a, scale_b)  # same mini-batch, same scale (from the history)
+    assert float(scale_a) == pytest.approx(1.0 / 127)
+    assert len(core.record) == 1
+    mark_batch()
+    core(torch.tensor([0.0]))  # commits the previous mini-batch: union [-4, 4] into the EMA
+    assert len(core.record) == 2
+    assert float(core.running_max) == pytest.approx(0.9 * 1.0 + 0.1 * 4.0)
+
+
+def test_optimizer_steps_end_mini_batches():
+    core = make_core("apq", 8, runtime_stats=True)
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=0.1)
+    for _ in range(3):
+        core(torch.randn(16))
+        opt.step()
+    core.eval()
+    assert len(core.record) == 3
 
 
 def test_eval_without_statistics_is_a_clear_error():
@@ -230,8 +267,12 @@ def test_decision_survives_state_dict_round_trip(tmp_path):
 def test_symmetry_history_is_reachable_from_python():
     torch.manual_seed(0)
     layer = make_layer("apq", bits=8)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.01)
     for _ in range(3):
-        layer(torch.randn(4, 6))
+        opt.zero_grad()
+        layer(torch.randn(4, 6)).sum().backward()
+        opt.step()  # ends the mini-batch
+    layer.eval()
     hist = symmetry_history(layer, adaptive_only=True)
     assert set(hist.columns) == {"quantizer", "quant_scheme", "step", "symmetry", "scheme"}
     assert set(hist.quantizer) == {
@@ -280,7 +321,15 @@ def test_export_round_trip(tmp_path, scheme, bits):
     path = export_qonnx_model(model, x[:1], tmp_path / "m.onnx")
     expected = model(x).detach().numpy()
     got = run_qonnx(path, x)
-    assert np.abs(got - expected).max() <= 1e-5
+    diff = np.abs(got - expected)
+    # Bit-exact up to 1e-5, except where float32 accumulation order (torch vs onnxruntime)
+    # flips a rounding tie of the output quantiser: then the outputs differ by exactly one step.
+    # At 16 bits a pre-rounding value of ~24,000 steps has a float32 resolution of 0.002 steps,
+    # so an occasional flip is unavoidable; it must stay rare and exactly one step.
+    step = float(model[1].output_quant.scale())
+    flips = diff > 1e-5
+    assert flips.mean() <= 0.01
+    np.testing.assert_allclose(diff[flips], step, rtol=1e-3)
     quant_nodes = [n for n in ModelWrapper(str(path)).graph.node if n.op_type == "Quant"]
     assert len(quant_nodes) == 4
     wrapper = ModelWrapper(str(path))

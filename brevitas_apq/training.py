@@ -1,0 +1,454 @@
+"""Training runs: float pre-training, then quantisation-aware training, resumable and seeded.
+
+``train_run`` is what ``apq train`` calls. One run directory holds everything::
+
+    checkpoint.pt   resumable state, written atomically after every epoch
+    model.pt        the final float and quantised weights with model config, plan and data spec
+    metrics.json    test metrics in target units, sizes, decisions, timings
+    plan.yaml       the plan in explicit form
+    history.csv     one row per epoch and phase
+    symmetry.csv    S and the scheme per APQ quantiser and training step
+    *.png           learning curves, forecast against truth, S over training
+
+Determinism: the model is initialised from ``seed`` and the batch order of every epoch is drawn
+from a generator seeded with ``(seed, phase, epoch)``, so nothing random lives outside the
+checkpoint and ``--resume`` continues an interrupted run to the same result as an uninterrupted
+one. Checkpoints hold only tensors and plain Python values and load with
+``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from brevitas_apq import io, plots
+from brevitas_apq.analysis import float_size_bits, model_size_bits
+from brevitas_apq.data import WindowedDataset, load_dataset, prepare_dataset
+from brevitas_apq.models import ModelConfig, TimeSeriesTransformer
+from brevitas_apq.plans import BitPlan
+from brevitas_apq.quant import iter_quantizers, scheme_decisions, symmetry_history
+
+CHECKPOINT = "checkpoint.pt"
+MODEL_FILE = "model.pt"
+PHASES = ("float", "qat")
+EVAL_BATCH = 2048
+
+
+class RunError(ValueError):
+    """A run directory or run option that cannot be used as given."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings of a run (Adam, MSE loss, early stopping on validation RMSE)."""
+
+    float_epochs: int = 30
+    qat_epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    qat_lr: float = 5e-4
+    patience: int = 5
+    seed: int = 0
+    qat_from_scratch: bool = False
+    max_batches: int | None = None  # cap on training batches per epoch (quick runs, tests)
+    # One intra-op thread: this model is so small that thread synchronisation costs more than
+    # it saves, and on a busy 2-core machine 2 threads were measured 40x slower than 1.
+    # Parallelism comes from processes (``apq reproduce --jobs``).
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("float_epochs", "qat_epochs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}={value!r} is invalid; allowed: an integer >= 0")
+        for name in ("batch_size", "patience", "threads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} is invalid; allowed: an integer >= 1")
+        for name in ("lr", "qat_lr"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name}={value!r} is invalid; allowed: a number > 0")
+        if self.max_batches is not None and (
+            not isinstance(self.max_batches, int) or self.max_batches < 1
+        ):
+            raise ValueError(f"max_batches={self.max_batches!r} is invalid; allowed: >= 1")
+        if self.float_epochs == 0 and not self.qat_from_scratch:
+            raise ValueError(
+                "float_epochs=0 leaves no float weights to start QAT from; "
+                "set float_epochs >= 1 or qat_from_scratch=True"
+            )
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where the data comes from and how it is windowed; saved so a run can be reloaded."""
+
+    dataset: str = "beijing"
+    window: int = 24
+    horizon: int = 1
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    options: tuple[tuple[str, Any], ...] = ()  # loader options (csv: target, delimiter, ...)
+
+    def load(self) -> WindowedDataset:
+        series = load_dataset(self.dataset, **dict(self.options))
+        return prepare_dataset(series, window=self.window, horizon=self.horizon, split=self.split)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "window": self.window,
+            "horizon": self.horizon,
+            "split": list(self.split),
+            "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.options},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DataSpec:
+        options = tuple(
+            (k, tuple(v) if isinstance(v, list) else v) for k, v in data["options"].items()
+        )
+        return cls(data["dataset"], data["window"], data["horizon"], tuple(data["split"]), options)
+
+
+def _rmse(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)))
+
+
+@torch.no_grad()
+def predict(model: nn.Module, X: np.ndarray) -> np.ndarray:
+    """Forecasts (scaled units) of ``model`` in eval mode for windows ``X``."""
+    was_training = model.training
+    model.eval()
+    out = [model(torch.from_numpy(X[i : i + EVAL_BATCH])) for i in range(0, len(X), EVAL_BATCH)]
+    model.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+
+def evaluate(model: nn.Module, data: WindowedDataset, split: str) -> dict[str, float]:
+    """RMSE and MAE in target units and RMSE on the min-max scaled target, for ``split``."""
+    X, y, _ = data.arrays(split)
+    pred = predict(model, X)
+    truth, forecast = data.inverse_target(y), data.inverse_target(pred)
+    return {
+        "rmse": _rmse(forecast, truth),
+        "mae": float(np.mean(np.abs(forecast - truth))),
+        "rmse_normalised": _rmse(pred, y),
+    }
+
+
+def _batch_order(seed: int, phase: str, epoch: int, n: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(
+        seed * 1_000_003 + PHASES.index(phase) * 10_007 + epoch
+    )
+    return torch.randperm(n, generator=generator)
+
+
+def _fresh_phase() -> dict[str, Any]:
+    return {"done": False, "epoch": 0, "model": None, "opt": None, "best": None, "best_val": None}
+
+
+def _records(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: core.record.state() for name, core in iter_quantizers(model)}
+
+
+def _restore_records(model: nn.Module, records: dict[str, torch.Tensor]) -> None:
+    for name, core in iter_quantizers(model):
+        if name in records:
+            core.record.load_state(records[name])
+
+
+def build_models(
+    model_config: ModelConfig, plan: BitPlan, seed: int
+) -> tuple[TimeSeriesTransformer, TimeSeriesTransformer]:
+    """The float and the quantised model, initialised from ``seed``."""
+    torch.manual_seed(seed)
+    float_model = TimeSeriesTransformer(model_config)
+    torch.manual_seed(seed + 1)
+    quant_model = TimeSeriesTransformer(model_config, plan)
+    return float_model, quant_model
+
+
+def train_run(
+    out_dir: str | Path,
+    *,
+    data: DataSpec = DataSpec(),
+    plan: BitPlan | None = None,
+    train: TrainConfig = TrainConfig(),
+    model_options: dict[str, Any] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train float, then QAT, in ``out_dir``; write all artefacts; return the metrics.
+
+    ``on_epoch`` is called with each epoch's history row after its checkpoint is written (tests
+    use it to interrupt a run).
+    """
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(train.threads)
+    try:
+        return _train_run(
+            Path(out_dir),
+            data,
+            plan or BitPlan.from_presets("mixed-4-8", "sq-apq"),
+            train,
+            model_options,
+            resume,
+            overwrite,
+            progress,
+            on_epoch,
+        )
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train_run(
+    out: Path,
+    data: DataSpec,
+    plan: BitPlan,
+    train: TrainConfig,
+    model_options: dict[str, Any] | None,
+    resume: bool,
+    overwrite: bool,
+    progress: bool,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+) -> dict[str, Any]:
+    ckpt_path = out / CHECKPOINT
+    if ckpt_path.exists() and not (resume or overwrite):
+        raise RunError(
+            f"{out} already holds a run ({CHECKPOINT}); pass --resume to continue it or "
+            "--overwrite to start again"
+        )
+    dataset = data.load()
+    model_config = ModelConfig(
+        n_features=dataset.n_features, window=data.window, **(model_options or {})
+    )
+    run = {
+        "data": data.to_dict(),
+        "model": model_config.to_dict(),
+        "plan": plan.to_dict(),
+        "train": dataclasses.asdict(train),
+    }
+    state: dict[str, Any] = {
+        "format": 1,
+        "run": run,
+        "phases": {p: _fresh_phase() for p in PHASES},
+        "history": [],
+        "records": {},
+        "train_seconds": 0.0,
+    }
+    if ckpt_path.exists() and resume:
+        state = torch.load(ckpt_path, weights_only=True)
+        if json.dumps(state["run"], sort_keys=True) != json.dumps(run, sort_keys=True):
+            raise RunError(
+                f"{out} holds a run with other settings; resume it with the same options, or "
+                "use another --out (or --overwrite)"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    float_model, quant_model = build_models(model_config, plan, train.seed)
+    X_train = torch.from_numpy(dataset.X_train)
+    y_train = torch.from_numpy(dataset.y_train)
+
+    def save_checkpoint() -> None:
+        io.torch_save(ckpt_path, state)
+
+    for phase in PHASES:
+        model = float_model if phase == "float" else quant_model
+        ps = state["phases"][phase]
+        max_epochs = train.float_epochs if phase == "float" else train.qat_epochs
+        lr = train.lr if phase == "float" else train.qat_lr
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        if ps["model"] is not None:
+            model.load_state_dict(ps["model"])
+            optimizer.load_state_dict(ps["opt"])
+            if phase == "qat":
+                _restore_records(model, state["records"])
+        elif phase == "qat" and not train.qat_from_scratch:
+            quant_model.load_float_weights(float_model)
+        if ps["done"]:
+            model.load_state_dict(ps["best"])
+            if phase == "qat":
+                _restore_records(model, state["records"])
+            continue
+        bad_epochs = ps.get("bad", 0)
+        for epoch in range(ps["epoch"], max_epochs):
+            start = time.perf_counter()
+            model.train()
+            order = _batch_order(train.seed, phase, epoch, len(X_train))
+            batches = order.split(train.batch_size)
+            if train.max_batches:
+                batches = batches[: train.max_batches]
+            bar = tqdm(
+                batches,
+                desc=f"{phase} epoch {epoch + 1}/{max_epochs}",
+                disable=not progress,
+                leave=True,
+                dynamic_ncols=True,
+            )
+            total, count = 0.0, 0
+            for idx in bar:
+                optimizer.zero_grad()
+                loss = nn.functional.mse_loss(model(X_train[idx]), y_train[idx])
+                loss.backward()
+                optimizer.step()
+                total += loss.item() * len(idx)
+                count += len(idx)
+                bar.set_postfix(loss=f"{total / count:.5f}", refresh=False)
+            val = evaluate(model, dataset, "val")
+            bar.set_postfix(loss=f"{total / count:.5f}", val_rmse=f"{val['rmse']:.3f}")
+            bar.close()
+            seconds = time.perf_counter() - start
+            state["train_seconds"] += seconds
+            improved = ps["best_val"] is None or val["rmse"] < ps["best_val"]
+            if improved:
+                ps["best_val"] = val["rmse"]
+                ps["best"] = {k: v.clone() for k, v in model.state_dict().items()}
+                bad_epochs = 0
+            else:
+                bad_epochs += 1
+            row = {
+                "phase": phase,
+                "epoch": epoch + 1,
+                "train_loss": total / count,
+                "val_rmse": val["rmse"],
+                "val_rmse_normalised": val["rmse_normalised"],
+                "best": improved,
+                "seconds": seconds,
+            }
+            state["history"].append(row)
+            ps.update(
+                epoch=epoch + 1,
+                model=model.state_dict(),
+                opt=optimizer.state_dict(),
+                bad=bad_epochs,
+                done=bad_epochs >= train.patience or epoch + 1 == max_epochs,
+            )
+            if phase == "qat":
+                state["records"] = _records(model)
+            save_checkpoint()
+            if on_epoch is not None:
+                on_epoch(row)
+            if ps["done"]:
+                break
+        if ps["best"] is None:  # zero epochs in this phase
+            ps["best"] = {k: v.clone() for k, v in model.state_dict().items()}
+        ps["done"] = True
+        save_checkpoint()
+        model.load_state_dict(ps["best"])
+        if phase == "qat":
+            # Brevitas rebuilds its quantiser cores when loading a state dict, which empties
+            # the in-memory symmetry records: put them back.
+            _restore_records(model, state["records"])
+
+    return _finish(out, state, dataset, data, model_config, plan, train, float_model, quant_model)
+
+
+def _finish(
+    out: Path,
+    state: dict[str, Any],
+    dataset: WindowedDataset,
+    data: DataSpec,
+    model_config: ModelConfig,
+    plan: BitPlan,
+    train: TrainConfig,
+    float_model: TimeSeriesTransformer,
+    quant_model: TimeSeriesTransformer,
+) -> dict[str, Any]:
+    float_model.eval()
+    quant_model.eval()
+    quant = evaluate(quant_model, dataset, "test")
+    flt = evaluate(float_model, dataset, "test")
+    _, y_test, t_test = dataset.arrays("test")
+    truth = dataset.inverse_target(y_test)
+    persistence = _rmse(dataset.inverse_target(dataset.persistence("test")), truth)
+    history = pd.DataFrame(state["history"])
+    epochs_run = {p: int((history.phase == p).sum()) if len(history) else 0 for p in PHASES}
+    metrics = {
+        **quant,
+        "float_rmse": flt["rmse"],
+        "float_mae": flt["mae"],
+        "float_rmse_normalised": flt["rmse_normalised"],
+        "persistence_rmse": persistence,
+        "rmse_vs_float": quant["rmse"] / flt["rmse"] - 1.0,
+        "model_size_bits": model_size_bits(quant_model),
+        "float_model_size_bits": float_size_bits(float_model),
+        "schemes": scheme_decisions(quant_model),
+        "plan": plan.name,
+        "dataset": data.dataset,
+        "target": dataset.target,
+        "features": list(dataset.features),
+        "n_train": dataset.n_train,
+        "n_val": dataset.n_val,
+        "n_test": dataset.n_test,
+        "epochs_run": epochs_run["float"] + epochs_run["qat"],
+        "float_epochs_run": epochs_run["float"],
+        "qat_epochs_run": epochs_run["qat"],
+        "train_seconds": state["train_seconds"],
+        "seed": train.seed,
+        "model": model_config.to_dict(),
+    }
+    io.torch_save(
+        out / MODEL_FILE,
+        {
+            "format": 1,
+            "model": model_config.to_dict(),
+            "plan": plan.to_dict(),
+            "data": data.to_dict(),
+            "state_dict": quant_model.state_dict(),
+            "float_state_dict": float_model.state_dict(),
+        },
+    )
+    plan.to_yaml(out / "plan.yaml")
+    io.write_csv(out / "history.csv", history)
+    sym = symmetry_history(quant_model, adaptive_only=True)
+    io.write_csv(out / "symmetry.csv", sym)
+    plots.learning_curves(history, out / "learning_curves.png")
+    stretch = slice(0, min(24 * 14, len(truth)))  # two weeks of hourly test forecasts
+    plots.forecast(
+        t_test[stretch],
+        truth[stretch],
+        {
+            "float": dataset.inverse_target(predict(float_model, dataset.X_test[stretch])),
+            f"QAT {plan.name}": dataset.inverse_target(
+                predict(quant_model, dataset.X_test[stretch])
+            ),
+        },
+        out / "forecast.png",
+        unit=dataset.target,
+    )
+    thresholds = {core.symmetry_threshold for _, core in iter_quantizers(quant_model)}
+    plots.symmetry(sym, out / "symmetry.png", next(iter(thresholds)) if thresholds else None)
+    io.write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def load_run(run_dir: str | Path) -> tuple[TimeSeriesTransformer, TimeSeriesTransformer, DataSpec]:
+    """The trained float and quantised models of a finished run, and its data spec."""
+    path = Path(run_dir) / MODEL_FILE
+    if not path.is_file():
+        raise RunError(
+            f"{run_dir} has no {MODEL_FILE}: not a finished run directory "
+            "(run `apq train --out DIR` first, or `--resume` an interrupted one)"
+        )
+    saved = torch.load(path, weights_only=True)
+    config = ModelConfig(**saved["model"])
+    plan = BitPlan.from_dict(saved["plan"])
+    float_model, quant_model = build_models(config, plan, 0)
+    float_model.load_state_dict(saved["float_state_dict"])
+    quant_model.load_state_dict(saved["state_dict"])
+    return float_model.eval(), quant_model.eval(), DataSpec.from_dict(saved["data"])
