@@ -1,0 +1,307 @@
+"""Build a QONNX model (exported by Brevitas) into a FINN dataflow accelerator.
+
+:func:`build` runs finn-plus's builder (``build_dataflow_cfg``) with the step lists of
+:mod:`finn_flow.steps`: without ``XILINX_VIVADO`` the estimate-only flow up to HLS/RTL code
+generation, with it the full flow to bitfile, PYNQ driver and deployment package. It writes
+FINN's reports to ``out_dir/report`` plus ``out_dir/summary.json``.
+
+Model-construction rules for a Transformer to map completely (Brevitas, batch 1, one head,
+tensors ``(1, seq, d_model)``):
+
+* Quantise the model input (``QuantIdentity``) and every tensor entering a matrix product:
+  ``QuantLinear`` q/k/v/out projections with ``output_quant``; ``QuantIdentity`` on the
+  scores before softmax, after softmax (unsigned, e.g. ``Uint8ActPerTensorFloat``, zero point
+  0) and on the attention-times-values product; ``torch.matmul`` of those quantised tensors.
+* Both inputs of every add (positional encoding, residuals) through ONE shared quantiser
+  instance (same scale), so the add is an integer add after streamlining.
+* The positional encoding is a constant ``(seq, d_model)`` tensor added after the input
+  projection; it stays a hardware ``ElementwiseAdd`` with a constant operand.
+* ``QuantReLU`` (or the quantiser after ``ReLU``) unsigned and not narrow, zero point 0.
+* Normalisation without affine terms: ``BatchNorm1d(affine=False)`` over ``d_model``
+  (applied as ``norm(x.transpose(1, 2)).transpose(1, 2)``), followed by a quantiser; it is
+  absorbed into thresholds. ``LayerNorm(elementwise_affine=False)`` maps to finn-plus's float
+  ``LayerNorm`` operator (float datapath, see summary).
+* Mean pooling over time: ``h.mean(dim=1)`` followed by a quantiser (``GlobalAccPool``).
+* Activation bit widths <= 8 (FINN's ``max_multithreshold_bit_width``); weights any width.
+* Zero points (signed or unsigned grids) are lowered exactly by :mod:`finn_flow.transforms`
+  except on the quantisers after ReLU and softmax, whose handlers need zero point 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from finn_flow.boards import RESOURCE_KEYS, Board, resolve_target
+from finn_flow.errors import FinnFlowError, FinnFlowWarning
+from finn_flow.no_vivado import finn_session, vivado_available
+
+__all__ = ["build", "flow_steps", "load_qonnx_model"]
+
+DEFAULT_TOLERANCE = 1e-4
+_FINN_HW = "finn.custom_op.fpgadataflow"
+
+
+# ------------------------------------------------------------------------------ validation
+def load_qonnx_model(model_path: str | Path):
+    """Load and check a QONNX model; FinnFlowError if it is not one FINN can start from."""
+    import onnx
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    path = Path(model_path)
+    if not path.is_file():
+        raise FinnFlowError(f"Model file not found: {path}")
+    try:
+        proto = onnx.load(str(path))
+    except Exception as exc:  # protobuf DecodeError, OSError, ...
+        raise FinnFlowError(f"{path} is not an ONNX model ({type(exc).__name__}: {exc}).") from exc
+    if len(proto.graph.node) == 0:
+        raise FinnFlowError(f"{path} is not an ONNX model (no graph nodes).")
+    model = ModelWrapper(proto)
+    ops = [n.op_type for n in model.graph.node]
+    if not any(op in ("Quant", "BipolarQuant", "Trunc", "MultiThreshold") for op in ops):
+        raise FinnFlowError(
+            f"{path} has no QONNX Quant nodes: a float model cannot be built with FINN. "
+            "Export a Brevitas-quantised model with brevitas.export.export_qonnx."
+        )
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1 or len(model.graph.output) != 1:
+        raise FinnFlowError(
+            f"{path}: FINN's flow needs exactly one graph input and one output, found "
+            f"{len(inputs)} and {len(model.graph.output)}."
+        )
+    if any(d.dim_param or d.dim_value == 0 for d in inputs[0].type.tensor_type.shape.dim):
+        raise FinnFlowError(f"{path}: the input shape must be static (batch 1).")
+    return model
+
+
+def flow_steps(full: bool | None = None) -> list[str]:
+    """Names of the steps of the estimate-only (``full=False``) or full flow."""
+    if full is None:
+        full = vivado_available()
+    with finn_session():
+        from finn_flow.steps import build_steps, step_names
+
+        return step_names(build_steps(full, {}, emulation=None))
+
+
+# ------------------------------------------------------------------------------- summary
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _outside_partition(out_dir: Path) -> list[dict]:
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    parent = out_dir / "intermediate_models" / "dataflow_parent.onnx"
+    if not parent.is_file():
+        return []
+    model = ModelWrapper(str(parent))
+    return [
+        {"op": n.op_type, "name": n.name}
+        for n in model.graph.node
+        if n.op_type != "StreamingDataflowPartition"
+    ]
+
+
+def _summarise(out_dir: Path, target: Board, record: dict, cfg, t0: float, full: bool) -> dict:
+    report = out_dir / "report"
+    res = _read_json(report / "estimate_layer_resources.json") or {}
+    perf = _read_json(report / "estimate_network_performance.json") or {}
+    attn = _read_json(report / "estimate_attention_analytical.json") or {}
+    total = res.get("total", {})
+    finn_total = {k: float(total.get(k, 0)) for k in RESOURCE_KEYS if k != "FF"}
+    not_estimated = []
+    for name, r in res.items():
+        if name == "total" or not isinstance(r, dict):
+            continue
+        if name.startswith("ScaledDotProductAttention") or all(
+            float(r.get(k, 0)) == 0 for k in ("LUT", "BRAM_18K", "URAM", "DSP")
+        ):
+            not_estimated.append(
+                {
+                    "node": name,
+                    "finn_estimate": {k: r.get(k, 0) for k in ("LUT", "BRAM_18K", "URAM", "DSP")},
+                    "reason": "finn-plus has no resource model for this operator (reports 0)"
+                    if name.startswith("ScaledDotProductAttention")
+                    else "FINN reports 0 for this operator",
+                    "analytical_estimate": attn.get(name),
+                }
+            )
+    with_attn = dict(finn_total)
+    for est in attn.values():
+        for k in with_attn:
+            with_attn[k] += float(est.get(k, 0))
+    caps = target.capacities()
+    util = {k: (round(with_attn[k] / caps[k], 4) if caps.get(k) else None) for k in with_attn}
+    emu = record.get("emulation")
+    summary = {
+        "board": target.board,
+        "part": target.part,
+        "capacities": caps,
+        "flow": "full" if full else "estimate-only (no Xilinx tools)",
+        "clock_ns": cfg.synth_clk_period_ns,
+        "target_fps": cfg.target_fps,
+        "resources_finn_estimate": finn_total,
+        "resources_with_attention_estimate": with_attn,
+        "utilisation_with_attention_estimate": util,
+        "LUT": with_attn["LUT"],
+        "BRAM_18K": with_attn["BRAM_18K"],
+        "URAM": with_attn["URAM"],
+        "DSP": with_attn["DSP"],
+        "estimated_throughput_fps": perf.get("estimated_throughput_fps"),
+        "estimated_latency_ns": perf.get("estimated_latency_ns"),
+        "max_cycles": perf.get("max_cycles"),
+        "max_cycles_node": perf.get("max_cycles_node_name"),
+        "critical_path_cycles": perf.get("critical_path_cycles"),
+        "nodes_outside_dataflow_partition": _outside_partition(out_dir),
+        "nodes_not_estimated_by_finn": not_estimated,
+        "warnings": record.get("warnings", []),
+        "emulation": emu.as_dict() if emu is not None else None,
+        "flow_time_s": round(time.time() - t0, 2),
+        "steps": record.get("steps", []),
+    }
+    return summary
+
+
+# --------------------------------------------------------------------------------- build
+def build(
+    model_path: str | Path,
+    out_dir: str | Path,
+    board: str = "Pynq-Z1",
+    target_fps: int | None = None,
+    folding_config: str | Path | None = None,
+    emulation_inputs: np.ndarray | None = None,
+    expected_outputs: np.ndarray | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    clock_ns: float = 10.0,
+    full: bool | None = None,
+    save_intermediate_models: bool = True,
+) -> dict:
+    """Build ``model_path`` for ``board`` (preset name or FPGA part); return the summary.
+
+    Args:
+        model_path: QONNX model exported by ``brevitas.export.export_qonnx``.
+        out_dir: output directory (FINN reports in ``report/``, ``summary.json``).
+        board: a preset of :mod:`finn_flow.boards` or an FPGA part name.
+        target_fps: target inferences/s for auto-folding (a warning if unreachable).
+        folding_config: FINN JSON folding config (node name -> attributes), applied after
+            auto-folding; every node name must exist in the specialised dataflow graph.
+        emulation_inputs: samples run through FINN's python emulation of the HW graph.
+        expected_outputs: reference outputs; computed with qonnx from ``model_path`` if None.
+        tolerance: max abs difference allowed between emulation and reference.
+        clock_ns: target clock period.
+        full: run the full Vivado flow; default: only when ``XILINX_VIVADO`` is set.
+
+    Raises:
+        FinnFlowError: bad model/board/folding file/unmappable operator (names op and node).
+        EmulationMismatchError: emulation differs from the reference beyond ``tolerance``.
+    """
+    t0 = time.time()
+    target = resolve_target(board)
+    model_path = Path(model_path).absolute()
+    load_qonnx_model(model_path)
+    out_dir = Path(out_dir).absolute()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if full is None:
+        full = vivado_available()
+    if full and not vivado_available():
+        raise FinnFlowError("The full flow needs the Xilinx tools: XILINX_VIVADO is not set.")
+    if folding_config is not None:
+        folding_config = Path(folding_config).absolute()
+        if not folding_config.is_file():
+            raise FinnFlowError(f"Folding config not found: {folding_config}")
+    if target_fps is not None and (not isinstance(target_fps, int | float) or target_fps <= 0):
+        raise FinnFlowError(f"target_fps must be a positive number, got {target_fps!r}.")
+
+    emulation = None
+    if emulation_inputs is not None:
+        from finn_flow.emulation import qonnx_reference
+
+        inputs = np.asarray(emulation_inputs, dtype=np.float32)
+        if expected_outputs is None:
+            expected = qonnx_reference(model_path, inputs)
+        else:
+            expected = np.asarray(expected_outputs, dtype=np.float32)
+        emulation = (inputs, expected, float(tolerance))
+
+    record: dict = {"warnings": []}
+    with finn_session(out_dir / "finn_work"):
+        from finn.builder.build_dataflow import build_dataflow_cfg
+        from finn.builder.build_dataflow_config import (
+            DataflowBuildConfig,
+            DataflowOutputType,
+            ShellFlowType,
+        )
+
+        from finn_flow.steps import build_steps, step_names
+
+        steps = build_steps(full, record, emulation)
+        record["steps"] = step_names(steps)
+        outputs = [DataflowOutputType.ESTIMATE_REPORTS]
+        if full:
+            outputs += [DataflowOutputType.STITCHED_IP, DataflowOutputType.OOC_SYNTH]
+            if target.board is not None:
+                outputs += [
+                    DataflowOutputType.RTLSIM_PERFORMANCE,
+                    DataflowOutputType.BITFILE,
+                    DataflowOutputType.PYNQ_DRIVER,
+                    DataflowOutputType.DEPLOYMENT_PACKAGE,
+                ]
+        cfg = DataflowBuildConfig(
+            output_dir=str(out_dir),
+            board=target.board,
+            fpga_part=target.part,
+            shell_flow_type=ShellFlowType.VIVADO_ZYNQ if target.board else None,
+            synth_clk_period_ns=float(clock_ns),
+            target_fps=int(target_fps) if target_fps is not None else None,
+            folding_config_file=folding_config,
+            generate_outputs=outputs,
+            steps=steps,
+            save_intermediate_models=save_intermediate_models or emulation is not None,
+            standalone_thresholds=True,
+            minimize_bit_width=True,
+            auto_fifo_depths=True,
+            verbose=False,
+        )
+        try:
+            exit_code = build_dataflow_cfg(str(model_path), cfg)
+        except FinnFlowError:
+            raise
+        except BaseException as exc:  # re-raised by FINN under pytest
+            record.setdefault("error", ("build_dataflow_cfg", exc))
+            exit_code = -1
+        if exit_code != 0:
+            step, exc = record.get("error", ("unknown", None))
+            if isinstance(exc, FinnFlowError):
+                raise exc
+            raise FinnFlowError(
+                f"FINN build failed in {step}: {type(exc).__name__}: {exc} "
+                f"(log: {out_dir / 'build_dataflow.log'})"
+            ) from exc
+        if "target_fps_warning" in record:
+            record["warnings"].append(record["target_fps_warning"])
+        summary = _summarise(out_dir, target, record, cfg, t0, full)
+    # warn only after the session: FINN's logging setup captures warnings while it lasts
+    for message in summary["warnings"]:
+        warnings.warn(message, FinnFlowWarning, stacklevel=2)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+if __name__ == "__main__":  # pragma: no cover - convenience entry point
+    import sys
+
+    s = build(sys.argv[1], sys.argv[2], *(sys.argv[3:4] or []))
+    print(json.dumps({k: s[k] for k in ("LUT", "BRAM_18K", "DSP", "estimated_throughput_fps")}))
+    os._exit(0)

@@ -1,0 +1,239 @@
+"""Graph rewrites that let FINN map mean pooling over time and keep the output scaling in SW.
+
+FINN (finn-plus 1.6.1) maps ``ReduceMean`` only in the lowered-pooling pattern
+``Im2Col -> Reshape -> Reduce*`` and ``GlobalAveragePool`` only on 4D NCHW/NHWC tensors.
+The Transformer's ``h.mean(dim=1)`` on a ``(1, seq, d_model)`` tensor exports as
+``ReduceMean(axes=[1])`` after a dequantising scalar ``Mul``; streamlining moves neither
+past it, so it would stay a float node between hardware layers. The rewrites here:
+
+* :class:`ReduceMeanToScaledSum` (before streamlining): ``ReduceMean`` becomes
+  ``ReduceSum`` followed by a scalar ``Mul(1/N)`` (``N`` = number of reduced elements),
+  which streamlining absorbs into the next thresholds.
+* :class:`MoveScalarMulPastReduce` (during streamlining): ``Reduce{Sum,Mean}(x * c)`` ==
+  ``Reduce{Sum,Mean}(x) * c`` for a scalar constant ``c``, so the dequantiser scale also
+  reaches the next thresholds and the reduction sees integers.
+* :class:`InferGlobalAccPoolFromReduceSum` (hardware conversion): an integer
+  ``ReduceSum`` over the time axis of an ``(N, T, C)`` tensor becomes
+  ``Reshape(N,1,T,C) -> GlobalAccPool -> Reshape``; the reshapes turn into FINN's
+  stream-preserving ``Reshape`` HW op via ``InferReshape``.
+
+:func:`is_output_dequant_tail` is a filter for ``InferElementwiseBinaryOperation``: it
+keeps the final float scaling (``Mul``/``Add``/``Sub``/``Div`` with a constant, feeding only
+the graph output) out of the hardware, where FINN would otherwise build float operators.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto, helper
+from qonnx.core.datatype import DataType
+from qonnx.core.modelwrapper import ModelWrapper
+from qonnx.transformation.base import Transformation
+from qonnx.transformation.infer_datatypes import InferDataTypes
+from qonnx.transformation.infer_shapes import InferShapes
+
+_REDUCE_OPS = {"ReduceSum", "ReduceMean"}
+_TAIL_OPS = {"Mul", "Add", "Sub", "Div"}
+
+
+def _opset(model: ModelWrapper) -> int:
+    for imp in model.model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return 13
+
+
+def _reduce_axes(model: ModelWrapper, node) -> list[int] | None:
+    """Axes of a Reduce* node (attribute or constant input), or None if unknown."""
+    for a in node.attribute:
+        if a.name == "axes":
+            return list(helper.get_attribute_value(a))
+    if len(node.input) > 1 and node.input[1]:
+        axes = model.get_initializer(node.input[1])
+        return None if axes is None else [int(v) for v in np.asarray(axes).ravel()]
+    return None
+
+
+def _keepdims(node) -> int:
+    for a in node.attribute:
+        if a.name == "keepdims":
+            return int(helper.get_attribute_value(a))
+    return 1
+
+
+def _scalar_const(model: ModelWrapper, name: str) -> float | None:
+    val = model.get_initializer(name)
+    if val is None or np.asarray(val).size != 1:
+        return None
+    return float(np.asarray(val).ravel()[0])
+
+
+class ReduceMeanToScaledSum(Transformation):
+    """Rewrite ``ReduceMean(x, axes)`` as ``ReduceSum(x, axes) * (1/N)``.
+
+    Only ``ReduceMean`` nodes with known axes and input shape are touched. With opset >= 13
+    the axes go to ``ReduceSum``'s second input, as ONNX requires.
+    """
+
+    def apply(self, model: ModelWrapper):
+        graph = model.graph
+        changed = False
+        for node in list(graph.node):
+            if node.op_type != "ReduceMean":
+                continue
+            axes = _reduce_axes(model, node)
+            shape = model.get_tensor_shape(node.input[0])
+            if axes is None or shape is None:
+                continue
+            n = int(np.prod([shape[a] for a in axes]))
+            name = node.name or "ReduceMean"
+            axes_name = model.make_new_valueinfo_name()
+            model.set_initializer(axes_name, np.asarray(axes, dtype=np.int64))
+            sum_out = model.make_new_valueinfo_name()
+            attrs = {"keepdims": _keepdims(node)}
+            if _opset(model) >= 13:
+                inputs = [node.input[0], axes_name]
+            else:
+                inputs = [node.input[0]]
+                attrs["axes"] = axes
+            red = helper.make_node("ReduceSum", inputs, [sum_out], name=name + "_sum", **attrs)
+            scale = model.make_new_valueinfo_name()
+            model.set_initializer(scale, np.asarray(1.0 / n, dtype=np.float32))
+            mul = helper.make_node("Mul", [sum_out, scale], [node.output[0]], name=name + "_scale")
+            idx = list(graph.node).index(node)
+            graph.node.insert(idx, red)
+            graph.node.insert(idx + 1, mul)
+            graph.node.remove(node)
+            changed = True
+        if changed:
+            model = model.transform(InferShapes())
+            model = model.transform(InferDataTypes())
+        return model, False
+
+
+class MoveScalarMulPastReduce(Transformation):
+    """Swap ``Mul(x, c) -> ReduceSum/ReduceMean`` to ``Reduce(x) -> Mul(c)`` for scalar ``c``.
+
+    Only when the ``Mul`` has a scalar constant operand and the reduction is its only
+    consumer. Exact, as sum and mean are linear.
+    """
+
+    def apply(self, model: ModelWrapper):
+        graph = model.graph
+        for node in graph.node:
+            if node.op_type not in _REDUCE_OPS:
+                continue
+            mul = model.find_producer(node.input[0])
+            if mul is None or mul.op_type != "Mul":
+                continue
+            if len(model.find_consumers(mul.output[0])) != 1:
+                continue
+            const_idx = [i for i in (0, 1) if model.get_initializer(mul.input[i]) is not None]
+            if len(const_idx) != 1 or _scalar_const(model, mul.input[const_idx[0]]) is None:
+                continue
+            x = mul.input[1 - const_idx[0]]
+            c = mul.input[const_idx[0]]
+            red_out = node.output[0]
+            mid = model.make_new_valueinfo_name()
+            node.input[0] = x
+            node.output[0] = mid
+            mul.input[0], mul.input[1] = mid, c
+            mul.output[0] = red_out
+            graph.node.remove(mul)
+            graph.node.insert(list(graph.node).index(node) + 1, mul)
+            model = model.transform(InferShapes())
+            model = model.transform(InferDataTypes())
+            return model, True
+        return model, False
+
+
+class InferGlobalAccPoolFromReduceSum(Transformation):
+    """Map an integer ``ReduceSum`` over the time axis of ``(N, T, C)`` to ``GlobalAccPool``.
+
+    Produces ``Reshape(N,1,T,C) -> GlobalAccPool(numInputVectors=[N,1,T]) -> Reshape`` to
+    the original output shape; ``InferReshape`` later maps the reshapes to FINN's HW
+    ``Reshape``. Only touches 3D inputs reduced over axis 1 (or -2) with an integer datatype.
+    """
+
+    def apply(self, model: ModelWrapper):
+        graph = model.graph
+        changed = False
+        for node in list(graph.node):
+            if node.op_type != "ReduceSum":
+                continue
+            shape = model.get_tensor_shape(node.input[0])
+            axes = _reduce_axes(model, node)
+            if shape is None or len(shape) != 3 or axes is None:
+                continue
+            if [a % 3 for a in axes] != [1]:
+                continue
+            idt = model.get_tensor_datatype(node.input[0])
+            if not idt.is_integer():
+                continue
+            n, t, c = (int(v) for v in shape)
+            name = node.name or "ReduceSum"
+            out_shape = model.get_tensor_shape(node.output[0])
+
+            def reshape(src, dst, target, suffix, dtype, dst_shape, name=name):
+                shp = model.make_new_valueinfo_name()
+                model.set_initializer(shp, np.asarray(target, dtype=np.int64))
+                if dst is None:
+                    dst = model.make_new_valueinfo_name()
+                    vi = helper.make_tensor_value_info(dst, TensorProto.FLOAT, dst_shape)
+                    graph.value_info.append(vi)
+                    model.set_tensor_datatype(dst, dtype)
+                return helper.make_node("Reshape", [src, shp], [dst], name=name + suffix), dst
+
+            r_in, in4 = reshape(node.input[0], None, [n, 1, t, c], "_to4d", idt, [n, 1, t, c])
+            acc_dt = DataType.get_smallest_possible(t * (idt.min() if idt.signed() else idt.max()))
+            pooled = model.make_new_valueinfo_name()
+            graph.value_info.append(
+                helper.make_tensor_value_info(pooled, TensorProto.FLOAT, [n, 1, 1, c])
+            )
+            model.set_tensor_datatype(pooled, acc_dt)
+            pool = helper.make_node(
+                "GlobalAccPool",
+                [in4],
+                [pooled],
+                domain="finn.custom_op.fpgadataflow",
+                backend="fpgadataflow",
+                NumChannels=c,
+                PE=1,
+                inputDataType=idt.name,
+                numInputVectors=[n, 1, t],
+                name="GlobalAccPool_" + name,
+            )
+            r_out, _ = reshape(pooled, node.output[0], list(out_shape), "_from4d", acc_dt, None)
+            idx = list(graph.node).index(node)
+            for k, new in enumerate((r_in, pool, r_out)):
+                graph.node.insert(idx + k, new)
+            graph.node.remove(node)
+            changed = True
+        if changed:
+            model = model.transform(InferShapes())
+            model = model.transform(InferDataTypes())
+        return model, False
+
+
+def is_output_dequant_tail(model: ModelWrapper, node) -> bool:
+    """Filter for ``InferElementwiseBinaryOperation``: False for the float output tail.
+
+    The tail is a chain of ``Mul``/``Add``/``Sub``/``Div`` nodes with one constant operand
+    and a float output, ending in a graph output, with nothing but such nodes after it.
+    Returns True (convert to hardware) for every other node.
+    """
+    outputs = {o.name for o in model.graph.output}
+    cur = node
+    while True:
+        if cur.op_type not in _TAIL_OPS:
+            return True
+        if sum(model.get_initializer(i) is not None for i in cur.input) != 1:
+            return True
+        if model.get_tensor_datatype(cur.output[0]) != DataType["FLOAT32"]:
+            return True
+        if cur.output[0] in outputs:
+            return False
+        consumers = model.find_consumers(cur.output[0])
+        if len(consumers) != 1:
+            return True
+        cur = consumers[0]

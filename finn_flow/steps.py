@@ -1,0 +1,437 @@
+"""Build steps of the FINN flow, and the step lists of the estimate-only and full flows.
+
+Every step is a named function ``step_x(model, cfg) -> model`` (FINN names intermediate
+models and timings after ``__name__``); steps that need data from the caller come from
+factories that return named inner functions. finn-plus's own steps are used by name
+(strings resolved by ``build_dataflow_cfg``) wherever they do the job unchanged.
+
+Import this module inside :func:`finn_flow.no_vivado.finn_session` (it imports
+``finn.builder``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qonnx.core.modelwrapper import ModelWrapper
+
+from finn_flow.errors import FinnFlowError
+
+log = logging.getLogger("finn_flow")
+
+Step = Callable[[ModelWrapper, Any], ModelWrapper]
+
+_HW_DOMAIN = "finn.custom_op.fpgadataflow"
+
+#: Why an op typically stays unmapped, for error messages.
+_UNMAPPED_HINTS = {
+    "MatMul": "one input is not an integer (quantised) tensor or both inputs are dynamic "
+    "outside the attention pattern: quantise every QuantLinear/matmul input",
+    "Gemm": "not lowered to MatMul",
+    "Softmax": "not recognised as part of scaled dot-product attention (need QuantIdentity "
+    "before and after softmax, QuantLinear q/k/v with output quantisers, torch.matmul "
+    "of quantised tensors, single head, batch 1)",
+    "Transpose": "a layout change FINN could not absorb (e.g. a norm over a non-last axis)",
+    "Add": "a float add: use ONE shared quantiser instance on both inputs of every add",
+    "Mul": "a float scale that streamlining could not absorb into thresholds",
+    "ReduceMean": "pooling over an axis other than time of a (1, seq, channels) tensor",
+    "ReduceSum": "pooling over an axis other than time of a (1, seq, channels) tensor",
+    "LayerNormalization": "layer norm with affine terms (use elementwise_affine=False)",
+    "BatchNormalization": "batch norm not folded (export the model in eval mode)",
+    "Relu": "the quantiser after ReLU must be unsigned and not narrow",
+    "Quant": "a quantiser FINN cannot convert (e.g. > 8 bit activation, or non-zero zero "
+    "point not lowered)",
+}
+
+
+def _is_hw(node) -> bool:
+    return node.domain.startswith(_HW_DOMAIN)
+
+
+# --------------------------------------------------------------------------- frontend steps
+def step_lower_zero_points(model: ModelWrapper, cfg) -> ModelWrapper:
+    """Lower non-zero QONNX zero points exactly (finn_flow.transforms) before FINN's import."""
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    from finn_flow.transforms import LowerZeroPoints, ZeroPointError, quant_nodes_with_zero_point
+
+    try:
+        model = model.transform(LowerZeroPoints())
+    except ZeroPointError as exc:
+        raise FinnFlowError(str(exc)) from exc
+    left = quant_nodes_with_zero_point(model)
+    if left:
+        raise FinnFlowError(f"Zero points could not be lowered for Quant nodes: {left}")
+    return model.transform(InferShapes())
+
+
+def _bounded_apply(model: ModelWrapper, trafo, max_iter: int):
+    """Apply a (composed) transformation to a fixed point, at most ``max_iter`` rounds each.
+
+    Same order and cleanup as qonnx's ComposedTransformation, without its deep copies and
+    without its unbounded ``while True`` (finn-plus's reorder passes can oscillate).
+    """
+    from qonnx.transformation.composed import ComposedTransformation
+    from qonnx.transformation.general import GiveUniqueNodeNames
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+    from qonnx.transformation.infer_shapes import InferShapes
+    from qonnx.transformation.remove import RemoveIdentityOps
+
+    if isinstance(trafo, ComposedTransformation):
+        changed = False
+        for sub in trafo.transformations:
+            model, sub_changed = _bounded_apply(model, sub, max_iter)
+            changed |= sub_changed
+            if sub_changed:
+                model.cleanup()
+                model = model.transform(RemoveIdentityOps(), make_deepcopy=False)
+                model = model.transform(GiveUniqueNodeNames(), make_deepcopy=False)
+                model = model.transform(InferShapes(), make_deepcopy=False)
+                model = model.transform(InferDataTypes(), make_deepcopy=False)
+        return model, changed
+    changed = False
+    for _ in range(max_iter):
+        model, step_changed = trafo.apply(model)
+        if not step_changed:
+            return model, changed
+        changed = True
+    log.warning("%s did not converge in %d rounds", type(trafo).__name__, max_iter)
+    return model, changed
+
+
+def streamline_plus(model: ModelWrapper, rounds: int = 6, max_iter: int = 50) -> ModelWrapper:
+    """finn-plus's StreamlinePlus, iterated to a fixed point with bounded loops."""
+    from finn.transformation.streamline.streamline_plus import StreamlinePlus
+
+    for _ in range(rounds):
+        model, changed = _bounded_apply(model, StreamlinePlus(), max_iter)
+        if not changed:
+            break
+    return model
+
+
+def step_streamline_transformer(model: ModelWrapper, cfg) -> ModelWrapper:
+    """Streamline with finn-plus's StreamlinePlus plus the zero-point and pooling rewrites.
+
+    FINN's default ``Streamline`` leaves scalar dequantiser scales in front of forks
+    (q/k/v projections sharing one input, residual branches), of the positional-encoding
+    add and of the pooling, so the matrix products see float inputs. finn-plus's
+    ``StreamlinePlus`` (used by its ResNet steps) moves scales past forks and joins and
+    integerises the adds; zero-point offsets are first folded into the thresholds
+    (:class:`~finn_flow.transforms.AbsorbZeroPointOffsetIntoMultiThreshold`) and mean
+    pooling is rewritten (:mod:`finn_flow.hw_rewrites`).
+    """
+    from finn.builder.build_dataflow_config import VerificationStepType
+    from finn.builder.build_dataflow_steps import verify_step
+    from qonnx.transformation.general import GiveReadableTensorNames, RemoveUnusedTensors
+    from qonnx.transformation.infer_data_layouts import InferDataLayouts
+
+    from finn_flow.hw_rewrites import MoveScalarMulPastReduce, ReduceMeanToScaledSum
+    from finn_flow.transforms import AbsorbZeroPointOffsetIntoMultiThreshold
+
+    model = model.transform(AbsorbZeroPointOffsetIntoMultiThreshold())
+    model = model.transform(ReduceMeanToScaledSum())
+    model = model.transform(MoveScalarMulPastReduce())
+    model = streamline_plus(model)
+    if any(n.op_type in ("ReduceSum", "ReduceMean") for n in model.graph.node):
+        model = model.transform(MoveScalarMulPastReduce())
+        model = streamline_plus(model)
+    model = model.transform(GiveReadableTensorNames())
+    model = model.transform(InferDataLayouts())
+    model = model.transform(RemoveUnusedTensors())
+    if VerificationStepType.STREAMLINED_PYTHON in cfg._resolve_verification_steps():
+        verify_step(model, cfg, "streamlined_python", need_parent=False)
+    return model
+
+
+def step_convert_to_hw_transformer(model: ModelWrapper, cfg) -> ModelWrapper:
+    """Convert to FINN HW layers: finn-plus's transformer conversion plus pooling/norm.
+
+    Follows ``finn.builder.custom_step_library.transformer_adhoc.step_convert_to_hw``
+    (scaled dot-product attention before MVAUs/thresholds, ReplicateStream for forks) and
+    adds ``GlobalAccPool`` for mean pooling over time, ``LayerNorm`` for affine-free layer
+    norms, and keeps the float output scaling (final ``Mul``/``Add``) in software.
+    """
+    from finn.transformation.fpgadataflow.attention import InferScaledDotProductAttention
+    from finn.transformation.fpgadataflow.convert_to_hw.concat import InferConcatLayer
+    from finn.transformation.fpgadataflow.convert_to_hw.elementwise_binary_operation import (
+        InferElementwiseBinaryOperation,
+    )
+    from finn.transformation.fpgadataflow.convert_to_hw.layer_norm import InferLayerNorm
+    from finn.transformation.fpgadataflow.convert_to_hw.quantized_matrix_vector_activation import (
+        InferQuantizedMatrixVectorActivation,
+    )
+    from finn.transformation.fpgadataflow.convert_to_hw.reshape import InferReshape
+    from finn.transformation.fpgadataflow.convert_to_hw.split import InferSplitLayer
+    from finn.transformation.fpgadataflow.convert_to_hw.thresholding import (
+        InferThresholdingLayer,
+    )
+    from finn.transformation.fpgadataflow.convert_to_hw.vector_vector_activation import (
+        InferVectorVectorActivation,
+    )
+    from finn.transformation.fpgadataflow.replicate_stream import InferReplicateStream
+    from finn.transformation.move_reshape import RemoveCNVtoFCFlatten
+    from finn.transformation.streamline.absorb import AbsorbConsecutiveTransposes
+    from finn.transformation.streamline.round_thresholds import RoundAndClipThresholds
+    from qonnx.transformation.general import GiveUniqueNodeNames
+    from qonnx.transformation.infer_data_layouts import InferDataLayouts
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    from finn_flow.hw_rewrites import InferGlobalAccPoolFromReduceSum, is_output_dequant_tail
+
+    model = model.transform(InferSplitLayer())
+    model = model.transform(InferConcatLayer())
+    model = model.transform(InferScaledDotProductAttention())
+    model = model.transform(InferGlobalAccPoolFromReduceSum())
+    if cfg.standalone_thresholds:
+        model = model.transform(InferThresholdingLayer())
+    model = model.transform(InferQuantizedMatrixVectorActivation())
+    model = model.transform(InferVectorVectorActivation())
+    model = model.transform(InferThresholdingLayer())
+    model = model.transform(InferLayerNorm())
+    model = model.transform(AbsorbConsecutiveTransposes())
+    model = model.transform(RemoveCNVtoFCFlatten())
+    model = model.transform(InferElementwiseBinaryOperation(is_output_dequant_tail))
+    model = model.transform(InferReshape())
+    model = model.transform(InferReplicateStream())
+    model = model.transform(InferDataLayouts())
+    model = model.transform(InferDataTypes())
+    model = model.transform(InferShapes())
+    model = model.transform(RoundAndClipThresholds())
+    return model.transform(GiveUniqueNodeNames())
+
+
+def unmapped_nodes(model: ModelWrapper) -> tuple[list, list]:
+    """(inner, outer): non-HW nodes between HW nodes, and at the graph's head/tail."""
+    hw_out = {o for n in model.graph.node if _is_hw(n) for o in n.output}
+    # nodes downstream of some HW node
+    downstream: set[str] = set()
+    tensors = set(hw_out)
+    for node in model.graph.node:  # graph is topologically sorted
+        if not _is_hw(node) and any(i in tensors for i in node.input):
+            downstream.add(node.name)
+            tensors.update(node.output)
+    # nodes upstream of some HW node
+    hw_in = {i for n in model.graph.node if _is_hw(n) for i in n.input}
+    upstream: set[str] = set()
+    needed = set(hw_in)
+    for node in reversed(model.graph.node):
+        if not _is_hw(node) and any(o in needed for o in node.output):
+            upstream.add(node.name)
+            needed.update(node.input)
+    inner, outer = [], []
+    for node in model.graph.node:
+        if _is_hw(node):
+            continue
+        (inner if node.name in downstream and node.name in upstream else outer).append(node)
+    return inner, outer
+
+
+def step_check_hw_mapping(model: ModelWrapper, cfg) -> ModelWrapper:
+    """Fail with the op and node name if a node between HW layers stayed unmapped."""
+    inner, outer = unmapped_nodes(model)
+    if not any(_is_hw(n) for n in model.graph.node):
+        raise FinnFlowError(
+            "FINN mapped no node of the model to hardware. Unmapped: "
+            + ", ".join(f"{n.op_type} ({n.name})" for n in model.graph.node[:10])
+        )
+    if inner:
+        details = "; ".join(
+            f"{n.op_type} node {n.name!r}: {_UNMAPPED_HINTS.get(n.op_type, 'no FINN mapping')}"
+            for n in inner
+        )
+        raise FinnFlowError(
+            f"FINN cannot map {len(inner)} operator(s) between hardware layers: {details}."
+        )
+    if outer:
+        log.info("left in software: %s", ", ".join(f"{n.op_type}:{n.name}" for n in outer))
+    return model
+
+
+# ------------------------------------------------------------------------------ emulation
+def make_step_emulate(
+    inputs: np.ndarray, expected: np.ndarray, tolerance: float, record: dict
+) -> Step:
+    """Step (after step_create_dataflow_partition) comparing FINN's python emulation."""
+
+    def step_emulate_dataflow_python(model: ModelWrapper, cfg) -> ModelWrapper:
+        """Run the inputs through parent + dataflow partition with FINN's python exec."""
+        from finn_flow.emulation import compare, emulate_dataflow
+
+        parent = Path(cfg.output_dir) / "intermediate_models" / "dataflow_parent.onnx"
+        if not parent.is_file():
+            raise FinnFlowError(f"dataflow_parent.onnx missing at {parent}")
+        actual = emulate_dataflow(parent, model, inputs)
+        result = compare(actual, expected, tolerance, raise_on_fail=False)
+        record["emulation"] = result
+        np.save(Path(cfg.get_verification_output_directory()) / "emulation_output.npy", actual)
+        compare(actual, expected, tolerance, raise_on_fail=True)
+        return model
+
+    return step_emulate_dataflow_python
+
+
+# -------------------------------------------------------------------------------- folding
+def _validate_folding_config(model: ModelWrapper, config: dict, path: Path) -> None:
+    names = {n.name for n in model.graph.node}
+    unknown = sorted(k for k in config if k != "Defaults" and k not in names)
+    if unknown:
+        raise FinnFlowError(
+            f"Folding config {path} names node(s) not in the dataflow graph: "
+            f"{', '.join(unknown)}. Nodes at folding time: {', '.join(sorted(names))}."
+        )
+
+
+def make_step_set_folding(record: dict) -> Step:
+    """Folding step: finn-plus's transformer folding for a target FPS, then a JSON config."""
+
+    def step_set_folding(model: ModelWrapper, cfg) -> ModelWrapper:
+        """Auto-fold to cfg.target_fps (attention + SetFolding), then apply the JSON file."""
+        from finn.analysis.fpgadataflow.dataflow_performance import dataflow_performance
+        from finn.builder.custom_step_library.transformer_adhoc import (
+            step_set_folding as adhoc_set_folding,
+        )
+        from finn.transformation.fpgadataflow.annotate_cycles import AnnotateCycles
+        from finn.transformation.general import ApplyConfig
+        from finn.util.config import extract_model_config_to_json
+        from qonnx.transformation.general import GiveUniqueNodeNames
+
+        model = model.transform(GiveUniqueNodeNames())
+        target_cycles = cfg._resolve_cycles_per_frame()
+        if target_cycles is not None:
+            model = adhoc_set_folding(model, dataclasses.replace(cfg, folding_config_file=None))
+        if cfg.folding_config_file is not None:
+            path = Path(cfg.folding_config_file)
+            try:
+                config = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                raise FinnFlowError(f"Cannot read folding config {path}: {exc}") from exc
+            if not isinstance(config, dict):
+                raise FinnFlowError(f"Folding config {path} must be a JSON object.")
+            _validate_folding_config(model, config, path)
+            model = model.transform(ApplyConfig(config))
+        model = model.transform(AnnotateCycles())
+        perf = model.analysis(dataflow_performance)
+        record["max_cycles"] = int(perf["max_cycles"])
+        record["max_cycles_node"] = perf["max_cycles_node_name"]
+        if target_cycles is not None and perf["max_cycles"] > target_cycles:
+            reached = 1e9 / cfg.synth_clk_period_ns / max(1, perf["max_cycles"])
+            record["target_fps_warning"] = (
+                f"target_fps={cfg.target_fps} not reached: slowest node "
+                f"{perf['max_cycles_node_name']} needs {perf['max_cycles']} cycles per "
+                f"inference (> {target_cycles}); best reachable ~{reached:.0f} inferences/s "
+                "at this clock with the available folding."
+            )
+        attrs = [
+            "PE",
+            "SIMD",
+            "EmbFold",
+            "SeqFold",
+            "ram_style",
+            "resType",
+            "mac_resource",
+            "mem_mode",
+            "impl_style",
+        ]
+        extract_model_config_to_json(
+            model, cfg.get_report_directory() / "final_folding_config.json", attrs
+        )
+        return model
+
+    return step_set_folding
+
+
+# ------------------------------------------------------------------------------- reports
+def step_attention_resource_estimate(model: ModelWrapper, cfg) -> ModelWrapper:
+    """Write report/estimate_attention_analytical.json (finn-plus reports 0 for attention)."""
+    from finn_flow.attention_estimate import attention_nodes_estimate
+
+    est = attention_nodes_estimate(model)
+    if est:
+        path = cfg.get_report_directory() / "estimate_attention_analytical.json"
+        path.write_text(json.dumps(est, indent=2))
+    return model
+
+
+# ----------------------------------------------------------------------------- step lists
+#: finn-plus steps after the dataflow partition up to the estimate reports
+_FRONT = [
+    step_lower_zero_points,
+    "step_qonnx_to_finn",
+    "step_tidy_up",
+    step_streamline_transformer,
+    step_convert_to_hw_transformer,
+    step_check_hw_mapping,
+    "step_minimize_bit_width_initial",
+    "step_create_dataflow_partition",
+]
+
+#: full-flow steps after the estimates (need Vivado/Vitis HLS)
+FULL_FLOW_BACKEND = [
+    "step_generate_hardware",  # HLS/RTL codegen + IP generation + FIFO sizing
+    "step_create_stitched_ip",
+    "step_measure_rtlsim_performance",
+    "step_out_of_context_synthesis",
+    "step_prepare_synthesis",
+    "step_synthesize_bitfile",
+    "step_make_driver",
+    "step_deployment_package",
+]
+
+
+def guard_step(step: Step, record: dict) -> Step:
+    """Wrap a step so the first exception is recorded (build_dataflow_cfg swallows it)."""
+
+    @functools.wraps(step)
+    def guarded_step(model: ModelWrapper, cfg) -> ModelWrapper:
+        try:
+            return step(model, cfg)
+        except BaseException as exc:
+            record.setdefault("error", (step.__name__, exc))
+            raise
+
+    return guarded_step
+
+
+def build_steps(
+    full: bool,
+    record: dict,
+    emulation: tuple[np.ndarray, np.ndarray, float] | None = None,
+) -> list[Step]:
+    """The step list: estimate-only (``full=False``) or the full Vivado flow.
+
+    Strings are resolved to finn-plus's registered steps; every step is wrapped by
+    :func:`guard_step` (same ``__name__``).
+    """
+    from finn.builder.build_dataflow_steps import build_dataflow_step_lookup
+
+    steps: list = list(_FRONT)
+    if emulation is not None:
+        steps.append(make_step_emulate(*emulation, record))
+    steps += [
+        "step_specialize_layers",
+        make_step_set_folding(record),
+        "step_minimize_bit_width",
+        "step_generate_estimate_reports",
+        step_attention_resource_estimate,
+    ]
+    steps += FULL_FLOW_BACKEND if full else ["step_hw_codegen"]
+    resolved = [build_dataflow_step_lookup[s] if isinstance(s, str) else s for s in steps]
+    return [guard_step(s, record) for s in resolved]
+
+
+def step_names(steps: list[Step]) -> list[str]:
+    return [s.__name__ for s in steps]
+
+
+def cycles_to_fps(cycles: int, clk_ns: float) -> float:
+    return 1e9 / clk_ns / max(1, cycles) if cycles else math.inf

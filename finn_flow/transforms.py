@@ -1,0 +1,277 @@
+"""Exact lowering of QONNX ``Quant`` zero points, for FINN.
+
+FINN's QONNX import rejects ``Quant`` nodes with a non-zero zero point, for weights
+(``FoldQuantWeights``) and activations (``ConvertQuantActToMultiThreshold``). QONNX defines
+
+    Quant(x; s, z, b) = s * (clamp(round(x / s + z), lo, hi) - z)
+
+with ``lo, hi`` given by ``b``, ``signed`` and ``narrow`` only. Both rewrites here are exact
+(up to float rounding of the added offset) and leave ``signed``/``narrow``/rounding alone:
+
+* :class:`LowerActivationZeroPoint`: ``Quant(x; s, z, b) == Quant(x + z*s; s, 0, b) - z*s``.
+  The ``Add`` before becomes a threshold offset, the ``Sub`` after a bias that streamlining
+  moves into the next thresholds/accumulator.
+* :class:`LowerWeightZeroPoint`: for a ``Quant`` of a constant, the integers ``q - z`` lie in
+  the signed narrow ``(b+1)``-bit range (``|q - z| <= 2**b - 1`` for an unsigned or signed
+  ``b``-bit ``q`` and an in-range integer ``z``), so the node is replaced by a ``Quant`` of
+  the dequantised values ``s*(q - z)`` with zero point 0, ``signed=1, narrow=1`` and ``b+1``
+  bits. The hardware cost of a weight zero point is one more weight bit.
+
+Both work for signed and unsigned grids and for per-tensor or broadcastable per-channel
+scales/zero points. :class:`LowerZeroPoints` applies both. Zero points must be integers
+(QONNX allows fractional ones; those are reported, not rewritten).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto, helper
+from qonnx.core.modelwrapper import ModelWrapper
+from qonnx.custom_op.general.intquant import int_quant
+from qonnx.transformation.base import Transformation
+
+__all__ = [
+    "AbsorbZeroPointOffsetIntoMultiThreshold",
+    "LowerActivationZeroPoint",
+    "LowerWeightZeroPoint",
+    "LowerZeroPoints",
+    "ZeroPointError",
+    "quant_nodes_with_zero_point",
+]
+
+_ZP_ATOL = 1e-6
+
+
+class ZeroPointError(ValueError):
+    """A zero point that cannot be lowered exactly (fractional, or 1-bit bipolar)."""
+
+
+def _attr(node, name: str, default):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _quant_params(model: ModelWrapper, node):
+    """(scale, zeropt, bitwidth) initializers of a Quant node, or None if not constant."""
+    vals = [model.get_initializer(name) for name in node.input[1:4]]
+    if any(v is None for v in vals):
+        return None
+    return tuple(np.asarray(v, dtype=np.float32) for v in vals)
+
+
+def _has_zero_point(model: ModelWrapper, node) -> bool:
+    if node.op_type != "Quant" or len(node.input) < 4:
+        return False
+    zp = model.get_initializer(node.input[2])
+    return zp is not None and bool(np.any(np.asarray(zp) != 0))
+
+
+def quant_nodes_with_zero_point(model: ModelWrapper) -> list[str]:
+    """Names of all ``Quant`` nodes whose zero point is a non-zero constant."""
+    return [n.name for n in model.graph.node if _has_zero_point(model, n)]
+
+
+def _check_integer_zero_point(node, zeropt: np.ndarray, bitwidth: np.ndarray) -> np.ndarray:
+    rounded = np.round(zeropt)
+    if not np.allclose(zeropt, rounded, atol=_ZP_ATOL, rtol=0):
+        raise ZeroPointError(
+            f"Quant node {node.name!r} has a fractional zero point ({zeropt.ravel()[:4]}...); "
+            "only integer zero points can be lowered exactly for FINN."
+        )
+    if np.any(bitwidth == 1) and _attr(node, "signed", 1):
+        raise ZeroPointError(
+            f"Quant node {node.name!r}: 1-bit signed (bipolar) quantisation with a zero point "
+            "is not supported."
+        )
+    return rounded.astype(np.float32)
+
+
+def _new_const(model: ModelWrapper, base: str, value: np.ndarray) -> str:
+    name = model.make_new_valueinfo_name()
+    name = f"{base}_{name}"
+    model.set_initializer(name, np.asarray(value, dtype=np.float32))
+    return name
+
+
+class LowerActivationZeroPoint(Transformation):
+    """Rewrite activation ``Quant(x; s, z, b)`` as ``Quant(x + z*s; s, 0, b) - z*s``.
+
+    Touches only ``Quant`` nodes whose data input is *not* a constant and whose zero point
+    is a non-zero constant. Inserts one ``Add`` before and one ``Sub`` after each such node
+    and sets its zero point to 0. Signed/unsigned, narrow and rounding are unchanged.
+    """
+
+    def apply(self, model: ModelWrapper):
+        graph = model.graph
+        changed = False
+        for node in list(graph.node):
+            if not _has_zero_point(model, node):
+                continue
+            if model.get_initializer(node.input[0]) is not None:
+                continue  # constants: LowerWeightZeroPoint
+            params = _quant_params(model, node)
+            if params is None:
+                continue
+            scale, zeropt, bitwidth = params
+            zeropt = _check_integer_zero_point(node, zeropt, bitwidth)
+            offset = (zeropt * scale).astype(np.float32)
+            base = node.name or "Quant"
+            # x + z*s
+            x_in = node.input[0]
+            shifted = model.make_new_valueinfo_name()
+            off_in = _new_const(model, base + "_zp_offset_in", offset)
+            add = helper.make_node("Add", [x_in, off_in], [shifted], name=f"{base}_zp_add")
+            # Quant(...) - z*s
+            q_out = node.output[0]
+            raw = model.make_new_valueinfo_name()
+            off_out = _new_const(model, base + "_zp_offset_out", offset)
+            sub = helper.make_node("Sub", [raw, off_out], [q_out], name=f"{base}_zp_sub")
+            node.input[0] = shifted
+            node.output[0] = raw
+            node.input[2] = _new_const(model, base + "_zeropt0", np.zeros_like(zeropt))
+            shape = model.get_tensor_shape(q_out)
+            for t in (shifted, raw):
+                vi = helper.make_tensor_value_info(t, TensorProto.FLOAT, shape)
+                graph.value_info.append(vi)
+            idx = list(graph.node).index(node)
+            graph.node.insert(idx, add)
+            graph.node.insert(idx + 2, sub)
+            changed = True
+        if changed:
+            model = model.transform(_RemoveUnusedInitializers())
+        return model, False
+
+
+class LowerWeightZeroPoint(Transformation):
+    """Replace a constant ``Quant(W; s, z, b)`` by ``Quant(s*(q - z); s, 0, b+1)``, signed narrow.
+
+    Touches only ``Quant`` nodes whose data input is a constant (weights, biases, quantised
+    constants such as a positional encoding) and whose zero point is a non-zero constant.
+    The new data input holds the dequantised values, so the node's output is unchanged and
+    FINN's weight folding sees a symmetric signed grid with zero point 0.
+    """
+
+    def apply(self, model: ModelWrapper):
+        changed = False
+        for node in list(model.graph.node):
+            if not _has_zero_point(model, node):
+                continue
+            w = model.get_initializer(node.input[0])
+            if w is None:
+                continue
+            params = _quant_params(model, node)
+            if params is None:
+                continue
+            scale, zeropt, bitwidth = params
+            zeropt = _check_integer_zero_point(node, zeropt, bitwidth)
+            signed = int(_attr(node, "signed", 1))
+            narrow = int(_attr(node, "narrow", 0))
+            rounding = _attr(node, "rounding_mode", "ROUND")
+            if isinstance(rounding, bytes):
+                rounding = rounding.decode()
+            deq = int_quant(
+                np.asarray(w, dtype=np.float32), scale, zeropt, bitwidth, signed, narrow, rounding
+            ).astype(np.float32)
+            base = node.name or "Quant"
+            node.input[0] = _new_const(model, base + "_dequantised", deq)
+            node.input[2] = _new_const(model, base + "_zeropt0", np.zeros_like(zeropt))
+            node.input[3] = _new_const(model, base + "_bitwidth", bitwidth + 1)
+            for a in node.attribute:
+                if a.name == "signed" or a.name == "narrow":
+                    a.i = 1
+            names = {a.name for a in node.attribute}
+            if "signed" not in names:
+                node.attribute.append(helper.make_attribute("signed", 1))
+            if "narrow" not in names:
+                node.attribute.append(helper.make_attribute("narrow", 1))
+            changed = True
+        if changed:
+            model = model.transform(_RemoveUnusedInitializers())
+        return model, False
+
+
+class LowerZeroPoints(Transformation):
+    """Apply :class:`LowerWeightZeroPoint` then :class:`LowerActivationZeroPoint`."""
+
+    def apply(self, model: ModelWrapper):
+        model = model.transform(LowerWeightZeroPoint())
+        model = model.transform(LowerActivationZeroPoint())
+        return model, False
+
+
+class _RemoveUnusedInitializers(Transformation):
+    """Drop initializers no node consumes any more (old zero-point/bit-width constants)."""
+
+    def apply(self, model: ModelWrapper):
+        used = {i for n in model.graph.node for i in n.input}
+        used |= {o.name for o in model.graph.output}
+        for init in list(model.graph.initializer):
+            if init.name not in used:
+                model.graph.initializer.remove(init)
+        return model, False
+
+
+class AbsorbZeroPointOffsetIntoMultiThreshold(Transformation):
+    """FINN dialect: fold ``MultiThreshold -> Mul(s) -> Add/Sub(c)`` with ``c/s`` integer.
+
+    After :class:`LowerActivationZeroPoint` and FINN's QONNX import, a zero-point quantiser
+    becomes ``MultiThreshold`` (integers ``q``) ``-> Mul(s) -> Sub(z*s)``. Since
+    ``s*q - z*s == s*(q - z)``, the offset moves into the MultiThreshold's ``out_bias``
+    (``-z``), whose output datatype widens to hold ``q - z`` (one more bit in general). The
+    quantised tensor then has no offset, so dynamic matrix products (attention) and adds see
+    plain integers. Touches only that three-node chain with scalar constants, single
+    consumers and ``out_scale == 1``; exact.
+    """
+
+    def apply(self, model: ModelWrapper):
+        from qonnx.core.datatype import DataType
+        from qonnx.custom_op.registry import getCustomOp
+        from qonnx.transformation.infer_datatypes import InferDataTypes
+
+        graph = model.graph
+        for node in graph.node:
+            if node.op_type != "MultiThreshold" or model.is_fork_node(node):
+                continue
+            mul = model.find_consumer(node.output[0])
+            if mul is None or mul.op_type != "Mul" or model.is_fork_node(mul):
+                continue
+            add = model.find_consumer(mul.output[0])
+            if add is None or add.op_type not in ("Add", "Sub"):
+                continue
+            s = model.get_initializer(mul.input[1])
+            c = model.get_initializer(add.input[1])
+            if s is None or c is None or np.asarray(s).size != 1 or np.asarray(c).size != 1:
+                continue
+            if add.input[0] != mul.output[0]:
+                continue
+            s, c = float(np.asarray(s).ravel()[0]), float(np.asarray(c).ravel()[0])
+            if add.op_type == "Sub":
+                c = -c
+            if s == 0:
+                continue
+            off = c / s
+            if abs(off - round(off)) > 1e-3 or round(off) == 0:
+                continue
+            inst = getCustomOp(node)
+            if float(inst.get_nodeattr("out_scale")) != 1.0:
+                continue
+            thresholds = model.get_initializer(node.input[1])
+            if thresholds is None:
+                continue
+            out_bias = float(inst.get_nodeattr("out_bias")) + round(off)
+            lo, hi = out_bias, out_bias + thresholds.shape[-1]
+            odt = (
+                DataType.get_smallest_possible(hi)
+                if lo >= 0
+                else DataType.get_smallest_possible(min(lo, -(hi + 1)))
+            )
+            inst.set_nodeattr("out_bias", out_bias)
+            inst.set_nodeattr("out_dtype", odt.name)
+            model.set_tensor_datatype(node.output[0], odt)
+            mul.output[0] = add.output[0]
+            graph.node.remove(add)
+            model = model.transform(InferDataTypes())
+            return model, True
+        return model, False
