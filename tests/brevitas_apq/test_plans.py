@@ -24,8 +24,9 @@ def test_mixed_4_8_sq_apq_is_the_papers_proposal():
         assert (spec.weight.scheme, spec.bias.scheme, spec.output.scheme) == ("sq", "sq", "apq")
     assert plan.activations["scores"].scheme == "apq"
     assert plan.activations["softmax"].scheme == "sq"  # unsigned by construction
-    assert plan.activations["input"].bits == 8  # data, not a learned activation
-    assert all(spec.bits == 4 for name, spec in plan.activations.items() if name != "input")
+    # the extra activation quantisers of the integer-deployable model stay at 8 bits
+    assert all(spec.bits == 8 for spec in plan.activations.values())
+    assert BitPlan.from_presets("all-4", "all-sq").activations["res1"].bits == 8
 
 
 @pytest.mark.parametrize("bits", BIT_PRESETS)
