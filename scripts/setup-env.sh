@@ -30,7 +30,7 @@ if [ -n "${APQ_TORCH_INDEX:-}" ]; then
     torch_index=(--extra-index-url "$APQ_TORCH_INDEX")
 fi
 "${pip[@]}" install "${torch_index[@]}" -c "$root/constraints.txt" torch
-"${pip[@]}" install -c "$root/constraints.txt" -e "$root[finn,dev]"
+"${pip[@]}" install -c "$root/constraints.txt" -e "${root}[finn,dev]"
 "${pip[@]}" install --no-deps -c "$root/constraints.txt" finn-plus==1.6.1
 echo "$want" > "$stamp"
 echo "environment ready: $venv" >&2
