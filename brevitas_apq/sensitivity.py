@@ -1,0 +1,477 @@
+"""Per-layer bit-width sensitivity of a trained run (``apq sensitivity RUN_DIR``).
+
+For each linear layer ``L1``-``L8`` two short QAT runs start from the run's trained *float*
+weights:
+
+* ``Lk-low``: ``Lk`` (its weights, bias and output) at ``low`` bits, everything else at ``high``;
+  compared with the all-``high`` baseline (``base-high``): how much does lowering this layer
+  alone hurt?
+* ``Lk-high``: ``Lk`` at ``high`` bits, everything else at ``low``; compared with the all-``low``
+  baseline (``base-low``): how much does raising this layer alone help?
+
+"Everything else" is the seven other layers. The extra activation quantisers that make the
+model integer-deployable (model input, positional-encoding add, attention scores, softmax,
+context, residuals, norms, ReLU, pooling) keep the run plan's widths in every configuration
+(the presets keep them at 8 bits, see ``brevitas_apq.plans``: several of them alone at 4 bits
+are worse than persistence), so the study measures the paper's layers only. Every quantiser
+keeps the run plan's scheme (SQ / AQ / APQ and threshold). The sensitivity score of a layer is
+``delta_low + delta_high`` (test RMSE, target units): the damage of lowering it plus the gain of
+raising it. The ``keep`` most sensitive layers at ``high`` bits on a ``low`` background is the
+proposed mixed plan, written as ``sensitivity/plan.yaml`` (with ``keep=1`` it is exactly the
+measured ``Lk-high`` configuration).
+
+Output in ``RUN_DIR/sensitivity/``: ``configs/NAME.json`` (one per configuration, written
+atomically as it finishes and skipped on a rerun with the same settings: interrupted runs
+resume), ``sensitivity.csv``, ``sensitivity.png``, ``plan.yaml`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from brevitas_apq import io
+from brevitas_apq.analysis import model_size_bits, operation_counts
+from brevitas_apq.data import WindowedDataset
+from brevitas_apq.models import TimeSeriesTransformer
+from brevitas_apq.plans import LAYERS, BitPlan, LayerSpec
+from brevitas_apq.quant.validation import check_bit_width
+from brevitas_apq.training import (
+    CHECKPOINT,
+    MODEL_FILE,
+    RunError,
+    TrainConfig,
+    _batch_order,
+    build_models,
+    evaluate,
+    load_run,
+)
+
+OUT_DIR = "sensitivity"
+BASE_HIGH = "base-high"
+BASE_LOW = "base-low"
+
+
+@dataclass(frozen=True)
+class SensitivitySettings:
+    """Bit widths and the short QAT of every configuration."""
+
+    low: int = 4
+    high: int = 8
+    epochs: int = 3
+    max_batches: int | None = None  # cap on training batches per epoch
+    batch_size: int = TrainConfig.batch_size
+    lr: float = TrainConfig.qat_lr
+    seed: int = TrainConfig.seed
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "low", check_bit_width(self.low, "low"))
+        object.__setattr__(self, "high", check_bit_width(self.high, "high"))
+        if self.low >= self.high:
+            raise ValueError(f"low={self.low} must be below high={self.high}")
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"epochs={self.epochs!r} is invalid; allowed: an integer >= 1")
+        if self.max_batches is not None and (
+            not isinstance(self.max_batches, int) or self.max_batches < 1
+        ):
+            raise ValueError(f"max_batches={self.max_batches!r} is invalid; allowed: >= 1")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size={self.batch_size!r} is invalid; allowed: >= 1")
+        if not isinstance(self.lr, int | float) or not math.isfinite(self.lr) or self.lr <= 0:
+            raise ValueError(f"lr={self.lr!r} is invalid; allowed: a number > 0")
+
+
+# --- plans ----------------------------------------------------------------------------------
+
+
+def background_plan(plan: BitPlan, bits: int, name: str | None = None) -> BitPlan:
+    """``plan`` with the weights, biases and outputs of every layer ``L1``-``L8`` at ``bits``
+    (schemes and the extra activation quantisers kept)."""
+    layers = {
+        k: LayerSpec(
+            *(getattr(s, role).replace(bits=bits) for role in ("weight", "bias", "output"))
+        )
+        for k, s in plan.layers.items()
+    }
+    return dataclasses.replace(plan, layers=layers, name=name or f"all-{bits}:{plan.name}")
+
+
+def mixed_plan(plan: BitPlan, low: int, high: int, keep: list[str] | tuple[str, ...]) -> BitPlan:
+    """``keep`` layers at ``high`` bits, the rest of ``plan`` at ``low`` (schemes kept)."""
+    out = background_plan(plan, low)
+    for layer in keep:
+        out = out.with_layer_bits(layer, high)
+    kept = "+".join(keep) if keep else "none"
+    return dataclasses.replace(out, name=f"sensitivity-{low}-{high}:{kept}@{high}")
+
+
+def configurations(plan: BitPlan, low: int, high: int) -> dict[str, BitPlan]:
+    """The 2 + 2 * 8 configurations of a sensitivity study, by name."""
+    high_plan = background_plan(plan, high)
+    low_plan = background_plan(plan, low)
+    configs = {BASE_HIGH: high_plan, BASE_LOW: low_plan}
+    for layer in LAYERS:
+        configs[f"{layer}-low"] = dataclasses.replace(
+            high_plan.with_layer_bits(layer, low), name=f"all-{high}:{layer}@{low}"
+        )
+        configs[f"{layer}-high"] = dataclasses.replace(
+            low_plan.with_layer_bits(layer, high), name=f"all-{low}:{layer}@{high}"
+        )
+    return configs
+
+
+# --- short QAT from float weights -----------------------------------------------------------
+
+
+def qat_from_float(
+    model: TimeSeriesTransformer,
+    float_model: TimeSeriesTransformer,
+    dataset: WindowedDataset,
+    *,
+    epochs: int,
+    batch_size: int = 64,
+    lr: float = 5e-4,
+    seed: int = 0,
+    max_batches: int | None = None,
+    progress: bool = False,
+    desc: str = "qat",
+) -> list[dict[str, Any]]:
+    """QAT of ``model`` for ``epochs`` epochs starting from ``float_model``'s weights.
+
+    Adam on the MSE loss with the batch order of ``apq train``'s QAT phase for ``seed``; the
+    weights with the best validation RMSE are kept (loaded into ``model``, left in eval mode).
+    Returns one history row per epoch.
+    """
+    model.load_float_weights(float_model)
+    X = torch.from_numpy(dataset.X_train)
+    y = torch.from_numpy(dataset.y_train)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    best, best_val, history = None, None, []
+    for epoch in range(epochs):
+        model.train()
+        batches = _batch_order(seed, "qat", epoch, len(X)).split(batch_size)
+        if max_batches:
+            batches = batches[:max_batches]
+        total, count = 0.0, 0
+        for idx in tqdm(batches, desc=f"{desc} {epoch + 1}/{epochs}", disable=not progress):
+            optimizer.zero_grad()
+            loss = nn.functional.mse_loss(model(X[idx]), y[idx])
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+            count += len(idx)
+        val = evaluate(model, dataset, "val")["rmse"]
+        history.append({"epoch": epoch + 1, "train_loss": total / count, "val_rmse": val})
+        if best_val is None or val < best_val:
+            best_val = val
+            best = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(best)
+    model.eval()
+    return history
+
+
+# --- one configuration (in this process or a worker) ----------------------------------------
+
+_CACHE: dict[str, tuple] = {}
+
+
+def _context(run_dir: str) -> tuple[TimeSeriesTransformer, WindowedDataset]:
+    if run_dir not in _CACHE:
+        float_model, _, data = load_run(run_dir)
+        _CACHE.clear()
+        _CACHE[run_dir] = (float_model, data.load())
+    return _CACHE[run_dir]
+
+
+def _run_config(
+    run_dir: str, name: str, plan_dict: dict, settings: dict, path: str, progress: bool = False
+) -> dict[str, Any]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        start = time.perf_counter()
+        float_model, dataset = _context(run_dir)
+        plan = BitPlan.from_dict(plan_dict)
+        s = SensitivitySettings(**{k: v for k, v in settings.items() if k != "run"})
+        _, model = build_models(float_model.config, plan, s.seed)
+        history = qat_from_float(
+            model,
+            float_model,
+            dataset,
+            epochs=s.epochs,
+            batch_size=s.batch_size,
+            lr=s.lr,
+            seed=s.seed,
+            max_batches=s.max_batches,
+            progress=progress,
+            desc=name,
+        )
+        test = evaluate(model, dataset, "test")
+        ops = operation_counts(model)
+        result = {
+            "name": name,
+            "plan": plan.name,
+            "plan_spec": plan_dict,
+            "settings": settings,
+            "test_rmse": test["rmse"],
+            "test_mae": test["mae"],
+            "best_val_rmse": min(h["val_rmse"] for h in history),
+            "int_ops": ops["int_ops"],
+            "zero_point_ops": ops["zero_point_ops"],
+            "model_size_bits": model_size_bits(model),
+            "history": history,
+            "seconds": time.perf_counter() - start,
+        }
+        io.write_json(path, result)
+        return result
+    finally:
+        torch.set_num_threads(previous)
+
+
+# --- the study ------------------------------------------------------------------------------
+
+
+def _run_defaults(run_dir: Path) -> dict[str, Any]:
+    """batch size, QAT learning rate and seed of the run (from its checkpoint, if kept)."""
+    ckpt = run_dir / CHECKPOINT
+    if not ckpt.is_file():
+        return {}
+    train = torch.load(ckpt, weights_only=True).get("run", {}).get("train", {})
+    defaults = TrainConfig()
+    return {
+        "batch_size": train.get("batch_size", defaults.batch_size),
+        "lr": train.get("qat_lr", defaults.qat_lr),
+        "seed": train.get("seed", defaults.seed),
+    }
+
+
+def default_settings(run_dir: str | Path, **overrides: Any) -> SensitivitySettings:
+    """Settings with the run's own batch size, QAT learning rate and seed, then ``overrides``
+    (``None`` values are ignored)."""
+    values = _run_defaults(Path(run_dir))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return SensitivitySettings(**values)
+
+
+def _fingerprint(run_dir: Path) -> str:
+    """Hash of the run's model file: results of another run (or a retrained one) never mix."""
+    digest = hashlib.sha256()
+    with open(run_dir / MODEL_FILE, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def run_sensitivity(
+    run_dir: str | Path,
+    settings: SensitivitySettings | None = None,
+    *,
+    keep: int = 1,
+    jobs: int = 1,
+    overwrite: bool = False,
+    progress: bool = True,
+    on_result: Any = None,
+) -> dict[str, Any]:
+    """Run (or resume) the sensitivity study of a finished run; write and return the results.
+
+    Returns ``table`` (a DataFrame, one row per layer, ranked), ``baselines``, ``ranking``
+    (most sensitive first), ``plan`` (the proposed :class:`BitPlan`), ``plan_path``,
+    ``proposal`` (its measured result), ``computed`` and ``skipped`` (configuration names).
+    ``on_result(name, result)`` is called after each configuration finishes (tests use it).
+    """
+    run_dir = Path(run_dir)
+    _, quant_model, _ = load_run(run_dir)  # clear RunError for anything that is not a run
+    settings = settings or default_settings(run_dir)
+    if not isinstance(keep, int) or not 1 <= keep <= len(LAYERS):
+        raise ValueError(f"keep={keep!r} is invalid; allowed: 1 to {len(LAYERS)}")
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs={jobs!r} is invalid; allowed: an integer >= 1")
+    plan = quant_model.plan
+    out = run_dir / OUT_DIR
+    config_dir = out / "configs"
+    stamp = {**dataclasses.asdict(settings), "run": _fingerprint(run_dir)}
+    configs = configurations(plan, settings.low, settings.high)
+
+    results: dict[str, dict] = {}
+    todo = []
+    for name, config_plan in configs.items():
+        path = config_dir / f"{name}.json"
+        if path.is_file() and not overwrite:
+            saved = json.loads(path.read_text())
+            if saved.get("settings") != stamp or saved.get("plan_spec") != _jsonable(config_plan):
+                old = saved.get("settings") or {}
+                diff = {k: (old.get(k), v) for k, v in stamp.items() if old.get(k) != v}
+                if saved.get("plan_spec") != _jsonable(config_plan):
+                    diff["plan"] = (saved.get("plan"), config_plan.name)
+                changes = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in diff.items())
+                raise RunError(
+                    f"{path} was computed with other settings ({changes}); pass --overwrite to "
+                    "recompute, or use the same options"
+                )
+            results[name] = saved
+        else:
+            todo.append((name, config_plan, path))
+    skipped = sorted(results)
+
+    def done(name: str, result: dict) -> None:
+        results[name] = result
+        if on_result is not None:
+            on_result(name, result)
+
+    args = [(str(run_dir), n, p.to_dict(), stamp, str(path)) for n, p, path in todo]
+    if jobs == 1 or len(args) <= 1:
+        for a in tqdm(args, desc="sensitivity", disable=not progress):
+            done(a[1], _run_config(*a))
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx)
+        try:
+            futures = {pool.submit(_run_config, *a): a[1] for a in args}
+            for future in tqdm(
+                as_completed(futures), total=len(futures), desc="sensitivity", disable=not progress
+            ):
+                done(futures[future], future.result())
+        finally:  # on an error or an interrupt, do not start the configurations still queued
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    table = sensitivity_table(results)
+    ranking = list(table.layer)
+    kept = ranking[:keep]
+    proposed = mixed_plan(plan, settings.low, settings.high, kept)
+    if keep == 1:
+        proposal = results[f"{kept[0]}-high"]
+    else:
+        name = "keep-" + "+".join(kept)
+        path = config_dir / f"{name}.json"
+        saved = json.loads(path.read_text()) if path.is_file() and not overwrite else {}
+        if saved.get("settings") == stamp and saved.get("plan_spec") == _jsonable(proposed):
+            proposal = saved
+        else:
+            proposal = _run_config(str(run_dir), name, proposed.to_dict(), stamp, str(path))
+    baselines = {k: results[k] for k in (BASE_HIGH, BASE_LOW)}
+    io.write_csv(out / "sensitivity.csv", table)
+    plot_sensitivity(table, baselines, settings, out / "sensitivity.png")
+    plan_path = proposed.to_yaml(out / "plan.yaml")
+    summary = {
+        "run": str(run_dir),
+        "settings": stamp,
+        "run_plan": plan.name,
+        "baselines": {k: _brief(v) for k, v in baselines.items()},
+        "ranking": ranking,
+        "kept_high": kept,
+        "proposed_plan": proposed.name,
+        "proposal": _brief(proposal),
+    }
+    io.write_json(out / "summary.json", summary)
+    return {
+        "table": table,
+        "baselines": baselines,
+        "ranking": ranking,
+        "plan": proposed,
+        "plan_path": plan_path,
+        "proposal": proposal,
+        "computed": [a[1] for a in args],
+        "skipped": skipped,
+        "out": out,
+    }
+
+
+def _jsonable(plan: BitPlan) -> Any:
+    return json.loads(json.dumps(plan.to_dict()))
+
+
+def _brief(result: dict) -> dict:
+    keys = ("plan", "test_rmse", "test_mae", "int_ops", "zero_point_ops", "model_size_bits")
+    return {k: result[k] for k in keys}
+
+
+def sensitivity_table(results: dict[str, dict]) -> pd.DataFrame:
+    """One row per layer from the configuration results, most sensitive first.
+
+    ``delta_low = rmse(Lk low, rest high) - rmse(all high)`` (damage of lowering the layer),
+    ``delta_high = rmse(all low) - rmse(Lk high, rest low)`` (gain of raising it),
+    ``score = delta_low + delta_high``; ``rank`` by score, ``rank_low`` / ``rank_high`` by each
+    delta alone (1 = most sensitive).
+    """
+    base_high = results[BASE_HIGH]["test_rmse"]
+    base_low = results[BASE_LOW]["test_rmse"]
+    rows = []
+    for layer in LAYERS:
+        low = results[f"{layer}-low"]
+        high = results[f"{layer}-high"]
+        rows.append(
+            {
+                "layer": layer,
+                "rmse_layer_low": low["test_rmse"],
+                "rmse_layer_high": high["test_rmse"],
+                "base_high_rmse": base_high,
+                "base_low_rmse": base_low,
+                "delta_low": low["test_rmse"] - base_high,
+                "delta_high": base_low - high["test_rmse"],
+                "int_ops_layer_low": low["int_ops"],
+                "size_bits_layer_low": low["model_size_bits"],
+                "size_bits_layer_high": high["model_size_bits"],
+            }
+        )
+    table = pd.DataFrame(rows)
+    table["score"] = table.delta_low + table.delta_high
+    table["rank_low"] = table.delta_low.rank(ascending=False, method="first").astype(int)
+    table["rank_high"] = table.delta_high.rank(ascending=False, method="first").astype(int)
+    table = table.sort_values(["score", "layer"], ascending=[False, True], kind="stable")
+    table.insert(1, "rank", range(1, len(table) + 1))
+    return table.reset_index(drop=True)
+
+
+def plot_sensitivity(
+    table: pd.DataFrame, baselines: dict, settings: SensitivitySettings, path: str | Path
+) -> Path:
+    """Grouped bars per layer: RMSE damage of lowering it, RMSE gain of raising it."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from brevitas_apq import plots  # noqa: F401  (selects the Agg backend)
+
+    ordered = table.set_index("layer").loc[list(LAYERS)]
+    x = np.arange(len(ordered))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    lo, hi = settings.low, settings.high
+    ax.bar(x - 0.2, ordered.delta_low, 0.4, label=f"layer at {lo} b, rest {hi} b: RMSE increase")
+    ax.bar(x + 0.2, ordered.delta_high, 0.4, label=f"layer at {hi} b, rest {lo} b: RMSE decrease")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(x, list(ordered.index))
+    ax.set_ylabel("test RMSE change (target units)")
+    ax.set_title(
+        f"Per-layer sensitivity (all-{hi} RMSE {baselines[BASE_HIGH]['test_rmse']:.2f}, "
+        f"all-{lo} RMSE {baselines[BASE_LOW]['test_rmse']:.2f})"
+    )
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    return io.save_figure(fig, path)
+
+
+__all__ = [
+    "BASE_HIGH",
+    "BASE_LOW",
+    "SensitivitySettings",
+    "background_plan",
+    "configurations",
+    "default_settings",
+    "mixed_plan",
+    "plot_sensitivity",
+    "qat_from_float",
+    "run_sensitivity",
+    "sensitivity_table",
+]
