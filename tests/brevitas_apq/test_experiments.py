@@ -1,0 +1,191 @@
+"""Tests of the experiment grid (``apq reproduce``) and of shared float weights (``float_init``)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from brevitas_apq import experiments
+from brevitas_apq.cli import app
+from brevitas_apq.experiments import Config, GridError, reproduce
+from brevitas_apq.plans import BitPlan
+from brevitas_apq.training import (
+    MODEL_FILE,
+    DataSpec,
+    RunError,
+    TrainConfig,
+    load_float_state,
+    train_float,
+    train_run,
+)
+
+TINY = TrainConfig(float_epochs=1, qat_epochs=1, max_batches=2, batch_size=32)
+
+
+@pytest.fixture(scope="module")
+def small_csv(tmp_path_factory) -> str:
+    """A small synthetic hourly series (40 days)."""
+    rng = np.random.default_rng(0)
+    n = 24 * 40
+    t = pd.date_range("2020-01-01", periods=n, freq="h")
+    temp = 10 + 5 * np.sin(np.arange(n) * 2 * np.pi / 24) + rng.normal(0, 0.5, n)
+    load = 50 + 2 * temp + rng.normal(0, 1, n)
+    path = tmp_path_factory.mktemp("data") / "series.csv"
+    pd.DataFrame({"time": t, "load": load, "temp": temp}).to_csv(path, index=False)
+    return f"csv:{path}"
+
+
+@pytest.fixture(scope="module")
+def data(small_csv) -> DataSpec:
+    return DataSpec(small_csv, options=(("target", "load"), ("timestamp", "time")))
+
+
+def test_float_init_gives_the_same_result_as_a_full_run(tmp_path, data):
+    plan = BitPlan.from_presets("all-4", "sq-apq")
+    full = train_run(tmp_path / "full", data=data, plan=plan, train=TINY, progress=False)
+    flt = train_float(tmp_path / "float", data=data, train=TINY, progress=False)
+    assert flt["float_rmse"] == pytest.approx(full["float_rmse"], abs=0)
+    shared = train_run(
+        tmp_path / "shared", data=data, plan=plan, train=TINY, progress=False,
+        float_init=tmp_path / "float",
+    )  # fmt: skip
+    assert shared["rmse"] == pytest.approx(full["rmse"], abs=0)
+    assert shared["schemes"] == full["schemes"]
+    assert shared["float_epochs_run"] == 0
+    a = torch.load(tmp_path / "full" / MODEL_FILE, weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "shared" / MODEL_FILE, weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # A state dict works as well as a run directory; resuming with other weights is refused.
+    state = load_float_state(tmp_path / "float")
+    other = {k: v + 1.0 for k, v in state.items()}
+    with pytest.raises(RunError, match="other settings"):
+        train_run(
+            tmp_path / "shared", data=data, plan=plan, train=TINY, progress=False,
+            float_init=other, resume=True,
+        )  # fmt: skip
+    with pytest.raises(RunError, match="no such file"):
+        load_float_state(tmp_path / "missing")
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory, data):
+    out = tmp_path_factory.mktemp("grid")
+    lines: list[str] = []
+    result = reproduce(
+        out,
+        bits=["all-4"],
+        schemes=["all-sq", "sq-apq"],
+        seeds=1,
+        thresholds=[0.0],
+        train=TINY,
+        data=data,
+        log=lines.append,
+    )
+    return out, result, lines
+
+
+def test_grid_writes_results_tables_and_plots(grid):
+    out, result, lines = grid
+    assert not result.failed
+    for name in (
+        "results.csv",
+        "results.md",
+        "stability.csv",
+        "settings.json",
+        "rmse_bars.png",
+        "rmse_vs_zero_point_ops.png",
+        "thresholds.csv",
+        "thresholds.png",
+        "symmetry_representative.png",
+    ):
+        assert (out / name).is_file(), name
+    results = pd.read_csv(out / "results.csv")
+    assert list(results.config) == [
+        "float",
+        "all-4/all-sq",
+        "all-4/sq-apq t=0.1",
+        "all-4/sq-apq t=0",
+    ]
+    for column in ("rmse", "rmse_vs_float", "model_size_bits", "zero_point_ops", "n_apq_aq"):
+        assert column in results.columns
+    qat = results[results.config != "float"]
+    assert (qat.float_rmse == results.rmse.iloc[0]).all()  # every QAT run shares the float model
+    assert (qat[qat.schemes == "all-sq"].n_apq == 0).all()
+    apq = qat[qat.schemes == "sq-apq"]
+    assert (apq.n_apq > 0).all() and (apq.n_apq_aq <= apq.n_apq).all()
+    # Threshold 0 sends every APQ quantiser with any asymmetry to AQ: at least as many as 0.1.
+    by_t = apq.set_index("threshold").n_apq_aq
+    assert by_t[0.0] >= by_t[0.1]
+    md = (out / "results.md").read_text()
+    assert "apq reproduce --out" in md and "--thresholds 0 " in md
+    assert "| all-4/sq-apq t=0.1 |" in md and "APQ threshold sweep" in md
+    stab = pd.read_csv(out / "stability.csv")
+    assert {"quantizer", "flips_mean", "flips_max", "final_aq_runs"} <= set(stab.columns)
+    assert set(stab.config) == set(apq.config)
+    assert len(lines) >= 5
+
+
+def test_grid_resumes_without_redoing_finished_runs(grid, data):
+    out, first, _ = grid
+    config_dir = experiments.run_dir(out, Config("all-4", "all-sq"), 0)
+    before = (config_dir / "metrics.json").read_text()
+    # An interrupted configuration: checkpoint present, outputs missing.
+    apq_dir = experiments.run_dir(out, Config("all-4", "sq-apq", 0.0), 0)
+    expected = json.loads((apq_dir / "metrics.json").read_text())
+    (apq_dir / "metrics.json").unlink()
+    (apq_dir / MODEL_FILE).unlink()
+    lines: list[str] = []
+    again = reproduce(
+        out,
+        bits=["all-4"],
+        schemes=["all-sq", "sq-apq"],
+        seeds=1,
+        thresholds=[0.0],
+        train=TINY,
+        data=data,
+        log=lines.append,
+    )
+    assert sum("done before, kept" in line for line in lines) == 3
+    assert (config_dir / "metrics.json").read_text() == before
+    resumed = json.loads((apq_dir / "metrics.json").read_text())
+    assert resumed["rmse"] == expected["rmse"]
+    assert again.results.rmse.tolist() == first.results.rmse.tolist()
+    # Other training settings in the same directory are refused.
+    with pytest.raises(GridError, match="other settings"):
+        other = TrainConfig(float_epochs=2, qat_epochs=1, max_batches=2, batch_size=32)
+        reproduce(out, bits=["all-4"], schemes=["all-sq"], seeds=1, data=data, train=other)
+
+
+def test_bad_grid_options(tmp_path):
+    with pytest.raises(GridError, match="valid: all-8, all-4, mixed-4-8"):
+        experiments.parse_list("all-8,all-3", ("all-8", "all-4", "mixed-4-8"), "bit preset")
+    with pytest.raises(GridError, match="not a number"):
+        experiments.parse_thresholds("0,x")
+    with pytest.raises(GridError, match="out of range"):
+        experiments.parse_thresholds("0,1.5")
+    with pytest.raises(GridError, match="selects none"):
+        reproduce(tmp_path, schemes=["all-sq"], thresholds=[0.2])
+    with pytest.raises(GridError, match="seeds"):
+        reproduce(tmp_path, seeds=0)
+
+
+def test_cli_reproduce_parallel_and_errors(tmp_path, small_csv):
+    runner = CliRunner()
+    base = ["reproduce", "--out", str(tmp_path / "g"), "--data", small_csv, "--target", "load"]
+    base += ["--timestamp", "time", "--epochs", "1", "--qat-epochs", "1", "--max-batches", "2"]
+    base += ["--seeds", "1"]
+    result = runner.invoke(app, [*base, "--bits", "all-4", "--schemes", "all-aq", "-j", "2"])
+    assert result.exit_code == 0, result.output
+    assert "all-4/all-aq" in result.output
+    assert len(pd.read_csv(tmp_path / "g" / "results.csv")) == 2
+    result = runner.invoke(app, [*base, "--schemes", "all-sq,sq-apqq"])
+    assert result.exit_code == 2
+    message = " ".join(result.output.split())  # rich wraps long lines
+    assert (
+        "unknown scheme preset 'sq-apqq'; valid: all-sq, all-aq, sq-aq, sq-apq, all-apq" in message
+    )
