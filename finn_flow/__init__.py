@@ -8,6 +8,9 @@ Public API:
 * :mod:`finn_flow.transforms` - exact zero-point lowering (qonnx Transformations).
 * :mod:`finn_flow.boards` - board presets and capacities (:func:`resolve_target`).
 * :mod:`finn_flow.emulation` - QONNX reference vs FINN python emulation.
+* :mod:`finn_flow.simulate` - cppsim / node-by-node rtlsim of a built graph (Xilinx tools).
+* :mod:`finn_flow.hw_rewrites` - exact graph rewrites for mean pooling, affine-free layer
+  norms (scale/offset absorbed), integer constants and the output squeeze.
 * :mod:`finn_flow.no_vivado` - :func:`finn_session`, the workarounds to drive finn-plus
   from Python without Vivado.
 * :mod:`finn_flow.steps` - the build steps and step lists.

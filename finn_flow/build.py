@@ -20,7 +20,9 @@ tensors ``(1, seq, d_model)``):
 * Normalisation without affine terms: ``BatchNorm1d(affine=False)`` over ``d_model``
   (applied as ``norm(x.transpose(1, 2)).transpose(1, 2)``), followed by a quantiser; it is
   absorbed into thresholds. ``LayerNorm(elementwise_affine=False)`` maps to finn-plus's float
-  ``LayerNorm`` operator (float datapath, see summary).
+  ``LayerNorm`` operator (float datapath, listed in the summary's ``float_datapath_nodes``;
+  the dequantiser scale and zero-point offset in front of it are absorbed exactly, see
+  :class:`finn_flow.hw_rewrites.AbsorbScalarMulIntoLayerNorm`).
 * Mean pooling over time: ``h.mean(dim=1)`` followed by a quantiser (``GlobalAccPool``).
 * Activation bit widths <= 8 (FINN's ``max_multithreshold_bit_width``); weights any width.
 * Zero points (signed or unsigned grids) are lowered exactly by :mod:`finn_flow.transforms`
@@ -29,6 +31,7 @@ tensors ``(1, seq, d_model)``):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -39,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from finn_flow.boards import RESOURCE_KEYS, Board, resolve_target
-from finn_flow.errors import FinnFlowError, FinnFlowWarning
+from finn_flow.errors import EmulationMismatchError, FinnFlowError, FinnFlowWarning
 from finn_flow.no_vivado import finn_session, vivado_available
 
 __all__ = ["build", "flow_steps", "load_qonnx_model"]
@@ -101,17 +104,42 @@ def _read_json(path: Path) -> Any:
 
 
 def _outside_partition(out_dir: Path) -> list[dict]:
+    """Nodes left outside the dataflow partition (software), with their role."""
     from qonnx.core.modelwrapper import ModelWrapper
 
+    from finn_flow.steps import _role
+
     parent = out_dir / "intermediate_models" / "dataflow_parent.onnx"
-    if not parent.is_file():
-        return []
+    if not parent.is_file():  # estimate-only build without intermediate models
+        return _read_json(out_dir / "report" / "nodes_outside_partition.json") or []
     model = ModelWrapper(str(parent))
     return [
-        {"op": n.op_type, "name": n.name}
+        {"op": n.op_type, "name": n.name, "role": _role(model, n)}
         for n in model.graph.node
         if n.op_type != "StreamingDataflowPartition"
     ]
+
+
+#: Why FINN reports no resources for an operator, by op-type prefix.
+_NOT_ESTIMATED = {
+    "ScaledDotProductAttention": "finn-plus has no resource model for attention (reports 0); "
+    "see analytical_estimate",
+    "LayerNorm": "finn-plus has no resource model for LayerNorm (reports 0); it is a float "
+    "(single-precision) datapath: mean, variance, reciprocal square root per token, likely "
+    "thousands of LUTs and tens of DSPs (not included in the totals)",
+    "ElementwiseAdd": "no resource model (reports 0); an integer adder per lane, small",
+    "ElementwiseMul": "no resource model (reports 0); a multiplier per lane",
+    "ReplicateStream": "no resource model (reports 0); stream fan-out, a few LUTs",
+    "Reshape": "no resource model (reports 0); stream relabelling, no logic",
+    "GlobalAccPool": "no resource model (reports 0); one accumulator per channel, small",
+}
+
+
+def _not_estimated_reason(name: str) -> str:
+    for prefix, reason in _NOT_ESTIMATED.items():
+        if name.startswith(prefix):
+            return reason
+    return "FINN reports 0 for this operator"
 
 
 def _summarise(out_dir: Path, target: Board, record: dict, cfg, t0: float, full: bool) -> dict:
@@ -132,9 +160,7 @@ def _summarise(out_dir: Path, target: Board, record: dict, cfg, t0: float, full:
                 {
                     "node": name,
                     "finn_estimate": {k: r.get(k, 0) for k in ("LUT", "BRAM_18K", "URAM", "DSP")},
-                    "reason": "finn-plus has no resource model for this operator (reports 0)"
-                    if name.startswith("ScaledDotProductAttention")
-                    else "FINN reports 0 for this operator",
+                    "reason": _not_estimated_reason(name),
                     "analytical_estimate": attn.get(name),
                 }
             )
@@ -166,6 +192,7 @@ def _summarise(out_dir: Path, target: Board, record: dict, cfg, t0: float, full:
         "critical_path_cycles": perf.get("critical_path_cycles"),
         "nodes_outside_dataflow_partition": _outside_partition(out_dir),
         "nodes_not_estimated_by_finn": not_estimated,
+        "float_datapath_nodes": _read_json(report / "hw_datapath.json") or [],
         "warnings": record.get("warnings", []),
         "emulation": emu.as_dict() if emu is not None else None,
         "flow_time_s": round(time.time() - t0, 2),
@@ -187,6 +214,8 @@ def build(
     clock_ns: float = 10.0,
     full: bool | None = None,
     save_intermediate_models: bool = True,
+    raise_on_mismatch: bool = True,
+    quiet: bool = False,
 ) -> dict:
     """Build ``model_path`` for ``board`` (preset name or FPGA part); return the summary.
 
@@ -202,6 +231,14 @@ def build(
         tolerance: max abs difference allowed between emulation and reference.
         clock_ns: target clock period.
         full: run the full Vivado flow; default: only when ``XILINX_VIVADO`` is set.
+        save_intermediate_models: keep FINN's intermediate ONNX models (needed for emulation,
+            which forces it on).
+        raise_on_mismatch: raise EmulationMismatchError above ``tolerance`` (after writing
+            ``summary.json``); with False the caller checks ``summary["emulation"]["passed"]``
+            and finds the emulated outputs in ``summary["emulation_outputs"]`` (not saved to
+            JSON).
+        quiet: keep FINN's console output (step progress) out of the terminal; it still goes
+            to ``out_dir/build_dataflow.log``.
 
     Raises:
         FinnFlowError: bad model/board/folding file/unmappable operator (names op and node).
@@ -235,7 +272,7 @@ def build(
             expected = np.asarray(expected_outputs, dtype=np.float32)
         emulation = (inputs, expected, float(tolerance))
 
-    record: dict = {"warnings": []}
+    record: dict = {"warnings": [], "raise_on_mismatch": False}
     with finn_session(out_dir / "finn_work"):
         from finn.builder.build_dataflow import build_dataflow_cfg
         from finn.builder.build_dataflow_config import (
@@ -275,7 +312,12 @@ def build(
             verbose=False,
         )
         try:
-            exit_code = build_dataflow_cfg(str(model_path), cfg)
+            with contextlib.ExitStack() as stack:
+                if quiet:
+                    null = stack.enter_context(open(os.devnull, "w"))
+                    stack.enter_context(contextlib.redirect_stdout(null))
+                    stack.enter_context(contextlib.redirect_stderr(null))
+                exit_code = build_dataflow_cfg(str(model_path), cfg)
         except FinnFlowError:
             raise
         except BaseException as exc:  # re-raised by FINN under pytest
@@ -296,6 +338,15 @@ def build(
     for message in summary["warnings"]:
         warnings.warn(message, FinnFlowWarning, stacklevel=2)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    emu = summary["emulation"]
+    if emu is not None and not emu["passed"] and raise_on_mismatch:
+        raise EmulationMismatchError(
+            f"FINN hardware-graph emulation differs from the reference: max abs difference "
+            f"{emu['max_abs_diff']:.3g} > tolerance {emu['tolerance']:.3g} over "
+            f"{emu['n_inputs']} input(s) (details: {out_dir / 'summary.json'})."
+        )
+    if "emulation_outputs" in record:
+        summary["emulation_outputs"] = record["emulation_outputs"]
     return summary
 
 

@@ -12,6 +12,8 @@ past it, so it would stay a float node between hardware layers. The rewrites her
 * :class:`MoveScalarMulPastReduce` (during streamlining): ``Reduce{Sum,Mean}(x * c)`` ==
   ``Reduce{Sum,Mean}(x) * c`` for a scalar constant ``c``, so the dequantiser scale also
   reaches the next thresholds and the reduction sees integers.
+* :class:`AbsorbScalarMulIntoLayerNorm` (during streamlining): ``LayerNorm(s*x; eps)`` ==
+  ``LayerNorm(x; eps/s**2)``, so an affine-free layer norm reads the integer residual sum.
 * :class:`InferGlobalAccPoolFromReduceSum` (hardware conversion): an integer
   ``ReduceSum`` over the time axis of an ``(N, T, C)`` tensor becomes
   ``Reshape(N,1,T,C) -> GlobalAccPool -> Reshape``; the reshapes turn into FINN's
@@ -237,3 +239,132 @@ def is_output_dequant_tail(model: ModelWrapper, node) -> bool:
         if len(consumers) != 1:
             return True
         cur = consumers[0]
+
+
+class AbsorbScalarMulIntoLayerNorm(Transformation):
+    """``LayerNorm(x*s + c; eps)`` == ``LayerNorm(x; eps/s**2)`` for scalar constants, ``s > 0``.
+
+    Layer normalisation is scale-invariant up to its epsilon: with mean ``m`` and variance
+    ``v`` of ``x``, ``(s*x - s*m) / sqrt(s**2 * v + eps) == (x - m) / sqrt(v + eps / s**2)``.
+    Streamlining leaves the dequantiser scale of the residual sum in front of each
+    ``LayerNormalization`` (a float ``ElementwiseMul`` in hardware); this rewrite removes it,
+    so FINN's ``LayerNorm`` reads the integer sum directly. Likewise a scalar offset in front
+    (zero-point residue, ``Add``/``Sub`` of a scalar constant) is dropped:
+    ``LayerNorm(x + c) == LayerNorm(x)`` as the mean absorbs it. Only for affine-free norms
+    (scale 1, bias 0) over the last axis, and a ``Mul``/``Add``/``Sub`` whose only consumer is
+    the norm.
+    """
+
+    def apply(self, model: ModelWrapper):
+        graph = model.graph
+        for node in graph.node:
+            if node.op_type != "LayerNormalization":
+                continue
+            axis, eps = -1, 1e-5
+            for a in node.attribute:
+                if a.name == "axis":
+                    axis = int(helper.get_attribute_value(a))
+                elif a.name == "epsilon":
+                    eps = float(helper.get_attribute_value(a))
+            shape = model.get_tensor_shape(node.input[0])
+            if shape is None or axis % len(shape) != len(shape) - 1:
+                continue
+            mul = model.find_producer(node.input[0])
+            if mul is None or mul.op_type not in ("Mul", "Add", "Sub") or model.is_fork_node(mul):
+                continue
+            const_idx = [i for i in (0, 1) if model.get_initializer(mul.input[i]) is not None]
+            if len(const_idx) != 1:
+                continue
+            s = _scalar_const(model, mul.input[const_idx[0]])
+            if mul.op_type != "Mul":
+                if s is None or (mul.op_type == "Sub" and const_idx[0] == 0):
+                    continue
+                # LayerNorm(x + c) == LayerNorm(x) for a scalar c: drop the offset
+                node.input[0] = mul.input[1 - const_idx[0]]
+                graph.node.remove(mul)
+                model = model.transform(InferShapes())
+                model = model.transform(InferDataTypes())
+                return model, True
+            if s is None or not s > 0:
+                continue
+            new_eps = eps / (s * s)
+            if not np.isfinite(new_eps) or new_eps <= 0:
+                continue
+            node.input[0] = mul.input[1 - const_idx[0]]
+            for a in list(node.attribute):
+                if a.name == "epsilon":
+                    node.attribute.remove(a)
+            node.attribute.append(helper.make_attribute("epsilon", float(new_eps)))
+            graph.node.remove(mul)
+            model = model.transform(InferShapes())
+            model = model.transform(InferDataTypes())
+            return model, True
+        return model, False
+
+
+class AnnotateIntegerAddConstants(Transformation):
+    """Give integer-valued ``Add``/``Sub`` constants an integer QONNX datatype.
+
+    With zero points everywhere (e.g. ``all-aq``), the positional encoding reaches the add
+    after streamlining as a constant of integers (``q_pe - z`` plus folded offsets) still
+    annotated ``FLOAT32``, so the sum, and the q/k/v projections reading it, look like float
+    tensors and stay unmapped. Annotation only (values untouched): exact.
+    """
+
+    def apply(self, model: ModelWrapper):
+        changed = False
+        for node in model.graph.node:
+            if node.op_type not in ("Add", "Sub"):
+                continue
+            consts = [i for i in node.input if model.get_initializer(i) is not None]
+            dyn = [i for i in node.input if model.get_initializer(i) is None]
+            if len(consts) != 1 or len(dyn) != 1:
+                continue
+            if not model.get_tensor_datatype(dyn[0]).is_integer():
+                continue
+            if model.get_tensor_datatype(consts[0]) != DataType["FLOAT32"]:
+                continue
+            val = np.asarray(model.get_initializer(consts[0]), dtype=np.float64)
+            if val.size == 0 or not np.all(val == np.round(val)):
+                continue
+            lo, hi = float(val.min()), float(val.max())
+            dt = DataType.get_smallest_possible(lo if lo < 0 and -lo > hi else hi)
+            if lo < 0 and not dt.signed():
+                dt = DataType.get_smallest_possible(-max(abs(lo), hi + 1))
+            model.set_tensor_datatype(consts[0], dt)
+            changed = True
+        if changed:
+            model = model.transform(InferDataTypes())
+        return model, False
+
+
+class SqueezeToReshape(Transformation):
+    """Replace ``Squeeze``/``Unsqueeze`` of a known shape by an equivalent ``Reshape``.
+
+    The model's output ``squeeze(-1)`` would stay a software node in front of the output
+    scaling: finn-plus 1.6.1's ``InferSqueeze`` fails on a constant ``axes`` input
+    (``TypeError: Attribute axes expects list of ints``), while ``InferReshape`` maps a
+    ``Reshape`` to FINN's stream-preserving HW ``Reshape``. Exact (a relabelling of shape).
+    """
+
+    def apply(self, model: ModelWrapper):
+        graph = model.graph
+        changed = False
+        for node in list(graph.node):
+            if node.op_type not in ("Squeeze", "Unsqueeze"):
+                continue
+            oshape = model.get_tensor_shape(node.output[0])
+            if oshape is None or any(not isinstance(d, int) or d <= 0 for d in oshape):
+                continue
+            shp = model.make_new_valueinfo_name()
+            model.set_initializer(shp, np.asarray(oshape, dtype=np.int64))
+            new = helper.make_node(
+                "Reshape", [node.input[0], shp], [node.output[0]], name=node.name + "_reshape"
+            )
+            graph.node.insert(list(graph.node).index(node), new)
+            graph.node.remove(node)
+            changed = True
+        if changed:
+            model = model.transform(InferShapes())
+            model = model.transform(InferDataTypes())
+        return model, False

@@ -1,0 +1,307 @@
+"""From a training run (or an exported QONNX file) to a FINN dataflow accelerator estimate.
+
+This is the glue between the project's runs and :mod:`finn_flow` (finn-plus). Two entry points:
+
+* :func:`build_run` -- a finished ``apq train`` run directory: exports ``RUN_DIR/model.onnx``
+  if missing, builds it for a board, emulates real test windows through FINN's hardware graph
+  and writes ``RUN_DIR/finn/summary.json``. Used by ``apq quickstart`` and ``apq reproduce``.
+* :func:`build_model` -- an ONNX file, optionally with a run directory that supplies test
+  windows and the Brevitas reference (``apq build``).
+
+Both return the summary dict (also written to ``OUT/summary.json``). Its main keys::
+
+    board, part, capacities{LUT, FF, BRAM_18K, URAM, DSP}
+    LUT, BRAM_18K, URAM, DSP          FINN estimate + analytical attention estimate
+    estimated_throughput_fps, estimated_latency_ns, clock_ns
+    nodes_outside_dataflow_partition  [{op, name, role}]
+    nodes_not_estimated_by_finn       [{node, reason, analytical_estimate}]
+    float_datapath_nodes              HW nodes with float tensors (LayerNorm)
+    emulation                         None (windows=0) or {n_inputs, passed, tolerance,
+                                      max_abs_diff (vs QONNX), max_abs_diff_vs_brevitas,
+                                      qonnx_vs_brevitas_max_abs_diff, rmse_target_units, ...}
+    flow_time_s
+
+Without Xilinx tools the flow stops after HLS/RTL code generation (estimates only); with
+``XILINX_VIVADO`` set, ``finn_flow`` runs the full flow to a bitfile (``full=True``).
+
+Example::
+
+    from brevitas_apq.finn_bridge import build_run
+    s = build_run("runs/quickstart", windows=0)          # estimate only, no emulation
+    s["LUT"], s["DSP"], s["estimated_throughput_fps"]
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_BOARD = "Pynq-Z1"
+DEFAULT_WINDOWS = 32
+DEFAULT_TOLERANCE = 1e-4
+
+__all__ = ["DEFAULT_BOARD", "build_model", "build_run", "summary_table"]
+
+
+def _is_run_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "model.pt").is_file()
+
+
+def _run_reference(run_dir: Path, windows: int) -> dict[str, Any]:
+    """Test windows, labels, Brevitas outputs and the target inverse of a finished run."""
+    import torch
+
+    from brevitas_apq.training import load_run
+
+    _, quant_model, spec = load_run(run_dir)
+    dataset = spec.load()
+    n = min(windows, len(dataset.X_test))
+    X = np.asarray(dataset.X_test[:n], dtype=np.float32)
+    with torch.no_grad():
+        brevitas = quant_model.eval()(torch.from_numpy(X)).numpy().reshape(-1)
+    return {
+        "X": X,
+        "y": np.asarray(dataset.y_test[:n], dtype=np.float32),
+        "brevitas": brevitas,
+        "inverse": dataset.inverse_target,
+        "source": f"first {n} test windows of {run_dir}",
+    }
+
+
+def _random_inputs(model_path: Path, windows: int) -> np.ndarray:
+    """Inputs in [0, 1] (the range of min-max scaled data) with the model's input shape."""
+    from finn_flow.build import load_qonnx_model
+
+    model = load_qonnx_model(model_path)
+    inits = {i.name for i in model.graph.initializer}
+    name = next(i.name for i in model.graph.input if i.name not in inits)
+    shape = model.get_tensor_shape(name)
+    rng = np.random.default_rng(0)
+    return rng.uniform(0.0, 1.0, size=(windows, *shape[1:])).astype(np.float32)
+
+
+def build_model(
+    model_path: str | Path,
+    out: str | Path,
+    board: str = DEFAULT_BOARD,
+    run_dir: str | Path | None = None,
+    windows: int = DEFAULT_WINDOWS,
+    target_fps: int | None = None,
+    folding: str | Path | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    clock_ns: float = 10.0,
+) -> dict[str, Any]:
+    """Build a QONNX file with FINN for ``board``; emulate ``windows`` inputs; return the summary.
+
+    Args:
+        model_path: QONNX model exported from Brevitas (``apq export`` writes one).
+        out: output directory (FINN reports in ``report/``, ``summary.json``).
+        board: board preset (Pynq-Z1, Pynq-Z2, ZCU104, KV260_SOM, Ultra96-V2) or FPGA part.
+        run_dir: a finished run whose test windows are emulated and whose Brevitas model is a
+            second reference (RMSE in target units too); without it, ``windows`` random
+            inputs in [0, 1] are compared against the QONNX model only.
+        windows: number of inputs to emulate; 0 skips emulation (estimate only, fastest).
+        target_fps: target inferences/s for FINN's auto-folding (warning if unreachable).
+        folding: FINN folding JSON (node name -> PE/SIMD/...), applied after auto-folding.
+        tolerance: max abs difference allowed (scaled model output units).
+        clock_ns: target clock period.
+
+    Raises:
+        finn_flow.FinnFlowError (a ValueError): bad model, board, folding file, or an
+            operator FINN cannot map; the message names the problem and the fix.
+        finn_flow.EmulationMismatchError: emulation differs from the QONNX or Brevitas
+            outputs by more than ``tolerance`` (``summary.json`` is written first).
+    """
+    from finn_flow.build import build
+    from finn_flow.emulation import qonnx_reference
+    from finn_flow.errors import EmulationMismatchError, FinnFlowError
+
+    model_path, out = Path(model_path), Path(out)
+    if not isinstance(windows, int) or windows < 0:
+        raise FinnFlowError(f"windows={windows!r} is invalid; allowed: an integer >= 0")
+    ref = None
+    inputs = None
+    if windows > 0:
+        if run_dir is not None:
+            ref = _run_reference(Path(run_dir), windows)
+            inputs = ref["X"]
+        else:
+            inputs = _random_inputs(model_path, windows)
+    expected = None
+    if inputs is not None:
+        expected = qonnx_reference(model_path, inputs[:, None]).reshape(len(inputs), -1)
+    summary = build(
+        model_path,
+        out,
+        board=board,
+        target_fps=target_fps,
+        folding_config=folding,
+        emulation_inputs=None if inputs is None else inputs[:, None],
+        expected_outputs=expected,
+        tolerance=tolerance,
+        clock_ns=clock_ns,
+        save_intermediate_models=inputs is not None,
+        raise_on_mismatch=False,
+        quiet=True,
+    )
+    summary["model"] = str(model_path)
+    emulated = summary.pop("emulation_outputs", None)
+    emu = summary.get("emulation")
+    problems = []
+    if emu is not None and emulated is not None:
+        emulated = np.asarray(emulated, dtype=np.float64).reshape(len(inputs), -1)
+        emu["inputs"] = ref["source"] if ref else f"{len(inputs)} random inputs in [0, 1]"
+        emu["max_abs_diff_vs_qonnx"] = emu["max_abs_diff"]
+        if not emu["passed"]:
+            problems.append(f"vs QONNX max |diff| {emu['max_abs_diff']:.3g}")
+        if ref is not None:
+            brev = ref["brevitas"].astype(np.float64).reshape(len(inputs), -1)
+            emu["max_abs_diff_vs_brevitas"] = float(np.abs(emulated - brev).max())
+            emu["qonnx_vs_brevitas_max_abs_diff"] = float(
+                np.abs(expected.astype(np.float64) - brev).max()
+            )
+            truth = ref["inverse"](ref["y"]).reshape(-1)
+            pred = ref["inverse"](emulated.reshape(-1))
+            pred_brev = ref["inverse"](brev.reshape(-1))
+            emu["rmse_target_units"] = float(np.sqrt(np.mean((pred - truth) ** 2)))
+            emu["brevitas_rmse_target_units"] = float(np.sqrt(np.mean((pred_brev - truth) ** 2)))
+            if emu["max_abs_diff_vs_brevitas"] > tolerance:
+                emu["passed"] = False
+                problems.append(f"vs Brevitas max |diff| {emu['max_abs_diff_vs_brevitas']:.3g}")
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    if problems:
+        raise EmulationMismatchError(
+            f"FINN hardware-graph emulation differs from the reference above tolerance "
+            f"{tolerance:g} ({'; '.join(problems)}); see {out / 'summary.json'}. Check the "
+            "model follows the mapping rules in finn_flow/build.py or raise --tolerance."
+        )
+    return summary
+
+
+def build_run(
+    run_dir: str | Path,
+    board: str = DEFAULT_BOARD,
+    out: str | Path | None = None,
+    windows: int = DEFAULT_WINDOWS,
+    target_fps: int | None = None,
+    folding: str | Path | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> dict[str, Any]:
+    """FINN estimate (and emulation) of a finished run; writes ``OUT/summary.json``.
+
+    Args:
+        run_dir: a finished ``apq train`` run; ``RUN_DIR/model.onnx`` is exported (and checked,
+            ``export.json``) first if missing.
+        board: board preset or FPGA part (default Pynq-Z1).
+        out: output directory, default ``RUN_DIR/finn``.
+        windows: test windows to emulate (default 32); ``0`` = estimate only, no emulation,
+            no intermediate models saved: the cheap mode for tables of many configurations.
+        target_fps, folding, tolerance: see :func:`build_model`.
+
+    Returns the summary dict; the keys ``LUT``, ``BRAM_18K``, ``DSP``, ``URAM``,
+    ``estimated_throughput_fps`` and ``estimated_latency_ns`` are plain numbers.
+    """
+    run_dir = Path(run_dir)
+    if not _is_run_dir(run_dir):
+        from brevitas_apq.training import RunError
+
+        raise RunError(
+            f"{run_dir} is not a finished run directory (no model.pt): run `apq train --out "
+            f"{run_dir}` first, or pass an exported .onnx file"
+        )
+    model_path = run_dir / "model.onnx"
+    if not model_path.is_file():
+        from brevitas_apq.export import export_run
+
+        export_run(run_dir)
+    return build_model(
+        model_path,
+        out if out is not None else run_dir / "finn",
+        board=board,
+        run_dir=run_dir,
+        windows=windows,
+        target_fps=target_fps,
+        folding=folding,
+        tolerance=tolerance,
+    )
+
+
+def _fmt(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def summary_table(summary: dict[str, Any], title: str | None = None):
+    """A rich renderable of a FINN summary: resources beside the board's capacity, speed,
+    emulation, then the nodes outside the partition / not estimated / with a float datapath."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    caps = summary.get("capacities", {})
+    name = summary.get("board") or summary.get("part")
+    table = Table(title=title or f"FINN estimate: {name} ({summary.get('part')})")
+    table.add_column("")
+    table.add_column("estimate", justify="right")
+    table.add_column(f"{name}", justify="right")
+    table.add_column("use", justify="right")
+    for key in ("LUT", "BRAM_18K", "URAM", "DSP"):
+        cap = caps.get(key)
+        used = summary.get(key, 0.0)
+        share = f"{100 * used / cap:.1f} %" if cap else "-"
+        table.add_row(key, _fmt(used), _fmt(cap), share)
+    fps = summary.get("estimated_throughput_fps")
+    lat = summary.get("estimated_latency_ns")
+    clock = summary.get("clock_ns") or 10.0
+    table.add_row("inferences/s", _fmt(fps), f"{1e3 / clock:.0f} MHz", "")
+    table.add_row("latency (µs)", _fmt(lat / 1e3 if lat else None, 1), "", "")
+    emu = summary.get("emulation")
+    if emu:
+        status = "[green]ok[/]" if emu["passed"] else "[bold red]FAILED[/]"
+        table.add_row(
+            f"emulation |diff| QONNX ({emu['n_inputs']})",
+            f"{emu['max_abs_diff']:.1e}",
+            f"tol {emu['tolerance']:g}",
+            status,
+        )
+        if "max_abs_diff_vs_brevitas" in emu:
+            table.add_row("emulation |diff| Brevitas", f"{emu['max_abs_diff_vs_brevitas']:.1e}")
+            table.add_row(
+                "RMSE emulated / Brevitas",
+                f"{emu['rmse_target_units']:.3f}",
+                f"{emu['brevitas_rmse_target_units']:.3f}",
+                "target units",
+            )
+    else:
+        table.add_row("emulation", "skipped")
+    table.add_row("flow time (s)", f"{summary.get('flow_time_s', 0):.1f}", "", "")
+    lines = [f"flow: {summary.get('flow')}"]
+    outside = summary.get("nodes_outside_dataflow_partition") or []
+    lines.append(
+        "outside the dataflow partition: "
+        + (", ".join(f"{n['op']} {n['name']}" for n in outside) or "none")
+    )
+    for node in summary.get("nodes_not_estimated_by_finn") or []:
+        est = node.get("analytical_estimate")
+        if est:
+            lines.append(
+                f"{node['node']}: FINN reports 0, analytical estimate {_fmt(est['LUT'])} LUT, "
+                f"{est['BRAM_18K']} BRAM_18K, {est['DSP']} DSP (included above)"
+            )
+    unest = [
+        n["node"]
+        for n in summary.get("nodes_not_estimated_by_finn") or []
+        if not n.get("analytical_estimate")
+    ]
+    if unest:
+        lines.append("no FINN resource model (0, not included): " + ", ".join(unest))
+    floats = summary.get("float_datapath_nodes") or []
+    lines.append(
+        "float datapath in hardware: "
+        + (", ".join(n["name"] for n in floats) or "none (integer only)")
+    )
+    return Group(table, Text("\n".join(lines)))

@@ -1,0 +1,319 @@
+"""The project's TimeSeriesTransformer through the FINN flow: build, emulation, CLI, simulation.
+
+Trains tiny runs (one float + one QAT epoch of three batches) on a synthetic CSV, exports them
+and builds them for Pynq-Z1 without Xilinx tools, emulating real test windows through FINN's
+hardware graph. cppsim/rtlsim tests need Vitis HLS/Vivado (``@pytest.mark.vivado``).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+pytest.importorskip("finn")
+
+from brevitas.nn import QuantIdentity, QuantLinear
+from brevitas.quant import Int8ActPerTensorFloat, Int8WeightPerTensorFloat
+
+from brevitas_apq.cli import app
+from brevitas_apq.finn_bridge import build_run
+from brevitas_apq.plans import BitPlan
+from brevitas_apq.training import DataSpec, TrainConfig, load_run, train_run
+
+pytestmark = pytest.mark.finn
+
+TINY = TrainConfig(float_epochs=1, qat_epochs=1, max_batches=3, batch_size=32)
+WINDOWS = 8
+#: (bits, schemes, norm) of the module's runs
+CONFIGS = {
+    "mixed_sqapq_layer": ("mixed-4-8", "sq-apq", "layer"),
+    "allaq_batch": ("all-4", "all-aq", "batch"),
+}
+
+
+runner = CliRunner()
+
+
+def _invoke(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def _text(result) -> str:
+    """The command's output with rich's line wrapping undone."""
+    return " ".join(result.output.split())
+
+
+@pytest.fixture(scope="module")
+def small_csv(tmp_path_factory) -> str:
+    """About 25 days of a synthetic hourly series with a daily cycle."""
+    rng = np.random.default_rng(0)
+    n = 24 * 25
+    t = pd.date_range("2021-01-01", periods=n, freq="h")
+    temp = 10 + 5 * np.sin(np.arange(n) * 2 * np.pi / 24) + rng.normal(0, 0.5, n)
+    load = 50 + 2 * temp + rng.normal(0, 1, n)
+    path = tmp_path_factory.mktemp("data") / "series.csv"
+    pd.DataFrame({"time": t, "load": load, "temp": temp}).to_csv(path, index=False)
+    return f"csv:{path}"
+
+
+def _spec(dataset: str) -> DataSpec:
+    return DataSpec(dataset, options=(("target", "load"), ("timestamp", "time")))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, small_csv) -> dict:
+    """name -> trained run directory (model.onnx is exported by the build)."""
+    out = {}
+    for name, (bits, schemes, norm) in CONFIGS.items():
+        run_dir = tmp_path_factory.mktemp(name)
+        train_run(
+            run_dir,
+            data=_spec(small_csv),
+            plan=BitPlan.from_presets(bits, schemes),
+            train=TINY,
+            model_options={"norm": norm},
+            progress=False,
+            overwrite=True,
+        )
+        out[name] = run_dir
+    return out
+
+
+@pytest.fixture(scope="module")
+def built(runs, tmp_path_factory) -> dict:
+    """name -> summary with emulation of WINDOWS test windows: the first run through the
+    Python API (build_run), the second through the command line (``apq build RUN_DIR``)."""
+    out = {"mixed_sqapq_layer": build_run(runs["mixed_sqapq_layer"], windows=WINDOWS)}
+    cli_out = tmp_path_factory.mktemp("cli_build")
+    result = _invoke(
+        "build", str(runs["allaq_batch"]), "--out", str(cli_out), "--windows", str(WINDOWS)
+    )
+    assert result.exit_code == 0, result.output
+    out["allaq_batch"] = json.loads((cli_out / "summary.json").read_text())
+    out["allaq_batch_cli"] = (result.output, cli_out)
+    return out
+
+
+def _emulated(summary: dict) -> np.ndarray:
+    note = next(n for n in summary["emulation"]["notes"] if n.startswith("emulated outputs"))
+    return np.load(note.split(": ", 1)[1]).reshape(-1)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_transformer_maps_to_one_partition_and_emulates_exactly(name, runs, built):
+    summary, run_dir = built[name], runs[name]
+    assert (run_dir / "model.onnx").is_file()  # exported by build_run
+    if name == "mixed_sqapq_layer":  # default output directory of build_run
+        assert (run_dir / "finn" / "summary.json").is_file()
+    assert summary["board"] == "Pynq-Z1" and summary["part"] == "xc7z020clg400-1"
+    # everything but the final float scale/offset is inside the dataflow partition
+    outside = summary["nodes_outside_dataflow_partition"]
+    assert {n["op"] for n in outside} <= {"Mul", "Add"}
+    assert all(n["role"].startswith("output dequantisation") for n in outside)
+    for key in ("LUT", "BRAM_18K", "DSP"):
+        assert summary[key] > 0
+    assert summary["estimated_throughput_fps"] > 0 and summary["estimated_latency_ns"] > 0
+    attn = [n for n in summary["nodes_not_estimated_by_finn"] if n["analytical_estimate"]]
+    assert len(attn) == 1 and attn[0]["node"].startswith("ScaledDotProductAttention")
+
+    emu = summary["emulation"]
+    assert emu["passed"] and emu["n_inputs"] == WINDOWS
+    assert emu["max_abs_diff"] <= 1e-5  # FINN python emulation vs QONNX
+    assert emu["max_abs_diff_vs_brevitas"] <= 1e-4
+    assert np.isfinite(emu["rmse_target_units"]) and emu["rmse_target_units"] > 0
+
+    # independent check: QONNX and Brevitas on the same windows
+    from brevitas_apq.export import run_qonnx
+
+    _, model, spec = load_run(run_dir)
+    X = spec.load().X_test[:WINDOWS]
+    qonnx_out = run_qonnx(run_dir / "model.onnx", X).reshape(-1)
+    with torch.no_grad():
+        brevitas_out = model(torch.from_numpy(X)).numpy().reshape(-1)
+    emulated = _emulated(summary)
+    np.testing.assert_allclose(emulated, qonnx_out, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(emulated, brevitas_out, atol=1e-4, rtol=0)
+
+
+def test_batch_norm_is_integer_layer_norm_is_float(built):
+    """BatchNorm(affine=False) folds into thresholds; LayerNorm stays a float HW operator."""
+    layer = {n["op"] for n in built["mixed_sqapq_layer"]["float_datapath_nodes"]}
+    batch = built["allaq_batch"]["float_datapath_nodes"]
+    assert "LayerNorm_hls" in layer
+    assert batch == []
+
+
+def test_estimate_only_mode_is_cheap(runs, tmp_path):
+    summary = build_run(runs["mixed_sqapq_layer"], out=tmp_path / "est", windows=0)
+    assert summary["emulation"] is None
+    assert summary["LUT"] > 0 and summary["estimated_throughput_fps"] > 0
+    assert not (tmp_path / "est" / "intermediate_models" / "step_tidy_up.onnx").exists()
+
+
+# ----------------------------------------------------------------------------------- CLI
+def test_cli_build_run_dir_writes_summary_and_table(built, runs):
+    output, out = built["allaq_batch_cli"]
+    text = " ".join(output.split())
+    assert "FINN estimate: Pynq-Z1" in text and "53,200" in text and "inferences/s" in text
+    assert "outside the dataflow partition: Mul" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["emulation"]["n_inputs"] == WINDOWS and summary["emulation"]["passed"]
+    assert (out / "report" / "estimate_layer_resources.json").is_file()
+    assert (runs["allaq_batch"] / "model.onnx").is_file()  # exported first
+
+
+def test_cli_build_emulation_above_tolerance_fails(mlp_model, tmp_path):
+    # a negative tolerance can never be met: exit 1, the table and summary.json still written
+    path, _ = mlp_model
+    out = tmp_path / "o"
+    result = _invoke("build", str(path), "--out", str(out), "--windows", "2", "--tolerance", "-1")
+    assert result.exit_code == 1
+    text = _text(result)
+    assert "emulation differs" in text and "Traceback" not in text
+    assert "FINN estimate" in text
+    assert not json.loads((out / "summary.json").read_text())["emulation"]["passed"]
+
+
+def _one_line_error(result, *needles: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert "error:" in result.output
+    for needle in needles:
+        assert needle in _text(result), result.output
+
+
+def test_cli_build_not_onnx(tmp_path):
+    bad = tmp_path / "m.onnx"
+    bad.write_text("not a model")
+    _one_line_error(_invoke("build", str(bad)), "not an ONNX model")
+
+
+def test_cli_build_float_model(tmp_path):
+    path = tmp_path / "float.onnx"
+    torch.onnx.export(torch.nn.Linear(4, 2), torch.randn(1, 4), str(path), dynamo=False)
+    _one_line_error(_invoke("build", str(path)), "no QONNX Quant nodes")
+
+
+def test_cli_build_unknown_board(mlp_model, tmp_path):
+    path, _ = mlp_model
+    _one_line_error(
+        _invoke("build", str(path), "--board", "Pynq-Z9", "--out", str(tmp_path)),
+        "Unknown board",
+        "Valid boards",
+    )
+
+
+def test_cli_build_folding_names_nonexistent_node(mlp_model, tmp_path):
+    path, _ = mlp_model
+    folding = tmp_path / "fold.json"
+    folding.write_text(json.dumps({"Defaults": {}, "MVAU_hls_42": {"PE": 2}}))
+    result = _invoke("build", str(path), "--folding", str(folding), "--out", str(tmp_path / "o"))
+    _one_line_error(result, "MVAU_hls_42")
+
+
+def test_cli_build_unreachable_fps_warns(mlp_model, tmp_path):
+    path, _ = mlp_model
+    result = _invoke(
+        "build", str(path), "--target-fps", str(10**9), "--out", str(tmp_path / "o"),
+        "--windows", "2",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "warning:" in result.output and "not reached" in result.output
+
+
+class _SinBetween(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.q0 = QuantIdentity(act_quant=Int8ActPerTensorFloat)
+        self.l1 = QuantLinear(8, 8, bias=False, weight_quant=Int8WeightPerTensorFloat)
+        self.q1 = QuantIdentity(act_quant=Int8ActPerTensorFloat)
+        self.l2 = QuantLinear(8, 2, bias=False, weight_quant=Int8WeightPerTensorFloat)
+
+    def forward(self, x):
+        return self.l2(self.q1(torch.sin(self.l1(self.q0(x)))))
+
+
+def test_cli_build_unmappable_operator(tmp_path):
+    import finn_flow_models as models
+
+    model = _SinBetween()
+    models.calibrate(model, (1, 8))
+    path = models.export(model, (1, 8), tmp_path / "sin.onnx")
+    _one_line_error(
+        _invoke("build", str(path), "--out", str(tmp_path / "o")), "Sin node", "cannot map"
+    )
+
+
+def test_cli_build_directory_without_model(tmp_path):
+    _one_line_error(_invoke("build", str(tmp_path)), "without model.onnx")
+
+
+# ------------------------------------------------------------------------ Xilinx tools
+@pytest.mark.vivado
+@pytest.mark.parametrize("mode", ["cppsim", "rtlsim"])
+def test_cppsim_and_rtlsim_match_python_emulation(mode, runs, tmp_path):
+    """Compiled C++ (cppsim) and node-by-node RTL simulation equal the python emulation."""
+    from finn_flow.build import build
+    from finn_flow.simulate import simulate_dataflow
+
+    run_dir = runs["mixed_sqapq_layer"]
+    if not (run_dir / "model.onnx").is_file():
+        from brevitas_apq.export import export_run
+
+        export_run(run_dir)
+    _, model, spec = load_run(run_dir)
+    X = spec.load().X_test[:2]
+    out = tmp_path / mode
+    summary = build(run_dir / "model.onnx", out, emulation_inputs=X[:, None], full=False)
+    emulated = _emulated(summary) if "notes" in summary["emulation"] else None
+    simulated = simulate_dataflow(out, X[:, None], mode=mode).reshape(-1)
+    with torch.no_grad():
+        brevitas_out = model(torch.from_numpy(X)).numpy().reshape(-1)
+    np.testing.assert_allclose(simulated, brevitas_out, atol=1e-4, rtol=0)
+    if emulated is not None:
+        np.testing.assert_allclose(simulated, emulated, atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------ graph rewrites
+def _ln_graph(scale: float, offset: float):
+    from onnx import TensorProto, helper
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.util.basic import qonnx_make_model
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8])
+    nodes = [
+        helper.make_node("Mul", ["x", "s"], ["xs"], name="Mul_0"),
+        helper.make_node("Add", ["xs", "c"], ["xc"], name="Add_0"),
+        helper.make_node("LayerNormalization", ["xc", "g", "b"], ["y"], name="LN_0", axis=-1),
+    ]
+    graph = helper.make_graph(nodes, "ln", [x], [y])
+    model = ModelWrapper(qonnx_make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    model.set_initializer("s", np.asarray(scale, dtype=np.float32))
+    model.set_initializer("c", np.asarray(offset, dtype=np.float32))
+    model.set_initializer("g", np.ones(8, dtype=np.float32))
+    model.set_initializer("b", np.zeros(8, dtype=np.float32))
+    return model
+
+
+def test_layer_norm_absorbs_scalar_scale_and_offset_exactly():
+    from qonnx.core.onnx_exec import execute_onnx
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    from finn_flow.hw_rewrites import AbsorbScalarMulIntoLayerNorm
+
+    model = _ln_graph(0.37, -1.5).transform(InferShapes())
+    x = np.random.default_rng(0).integers(-8, 8, size=(1, 4, 8)).astype(np.float32)
+    before = execute_onnx(model, {"x": x})["y"]
+    rewritten = model.transform(AbsorbScalarMulIntoLayerNorm())
+    assert [n.op_type for n in rewritten.graph.node] == ["LayerNormalization"]
+    after = execute_onnx(rewritten, {"x": x})["y"]
+    np.testing.assert_allclose(after, before, atol=1e-5, rtol=0)
+    # a negative scale flips the sign: left alone
+    neg = _ln_graph(-0.37, 0.0).transform(InferShapes()).transform(AbsorbScalarMulIntoLayerNorm())
+    assert "Mul" in [n.op_type for n in neg.graph.node]
