@@ -142,7 +142,7 @@ def train(
     qat_epochs: Annotated[int, typer.Option(help="Max QAT epochs.")] = 20,
     batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 64,
     lr: Annotated[float, typer.Option(help="Adam learning rate (float).")] = 1e-3,
-    qat_lr: Annotated[float, typer.Option(help="Adam learning rate (QAT).")] = 5e-4,
+    qat_lr: Annotated[float, typer.Option(help="Adam learning rate (QAT).")] = 1e-3,
     patience: Annotated[int, typer.Option(help="Early-stopping patience (epochs).")] = 5,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     qat_from_scratch: Annotated[
@@ -234,8 +234,12 @@ def quickstart(
     qat_epochs: Annotated[int, typer.Option(help="Max QAT epochs.")] = 12,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    finn: Annotated[
+        bool, typer.Option(help="End with the FINN estimate + emulation (Pynq-Z1).")
+    ] = True,
 ) -> None:
-    """The main job: float + QAT (mixed-4-8 / sq-apq) on the embedded data, then QONNX export.
+    """The main job: float + QAT (mixed-4-8 / sq-apq) on the embedded data, QONNX export, then
+    the FINN dataflow estimate and emulation for Pynq-Z1 (RUN_DIR/finn/summary.json).
 
     Resumes an interrupted quickstart in the same --out.
     """
@@ -256,6 +260,28 @@ def quickstart(
     print_metrics(metrics, f"apq quickstart: {out}")
     if not metrics["export"]["passed"]:
         raise typer.Exit(1)
+    if finn:
+        _quickstart_finn(out)
+
+
+def _quickstart_finn(run_dir: Path) -> None:
+    """FINN estimate + emulation of the quickstart model (brevitas_apq.finn_bridge)."""
+    import importlib.util
+
+    if importlib.util.find_spec("finn") is None:
+        err_console.print("[yellow]finn-plus is not installed: FINN estimate skipped[/]")
+        return
+    from brevitas_apq.finn_bridge import build_run, summary_table
+    from finn_flow.errors import EmulationMismatchError
+
+    try:
+        summary = build_run(run_dir, board="Pynq-Z1")
+    except EmulationMismatchError as err:
+        console.print(summary_table(json.loads((run_dir / "finn" / "summary.json").read_text())))
+        err_console.print(f"[bold red]error:[/] {err}")
+        raise typer.Exit(1) from None
+    console.print(summary_table(summary, f"apq quickstart: FINN estimate, {summary['board']}"))
+    console.print(f"FINN reports in {run_dir / 'finn' / 'report'}")
 
 
 @app.command()
@@ -266,6 +292,469 @@ def show(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> N
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: not a finished run directory")
     print_metrics(json.loads(path.read_text()), str(run_dir))
+
+
+# --- apq reproduce (brevitas_apq.experiments) --------------------------------------------------
+
+
+@app.command()
+@_clean_errors
+def reproduce(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Grid directory.")] = Path(
+        "runs/reproduce"
+    ),
+    quick: Annotated[
+        bool,
+        typer.Option(help="Reduced grid: 1 seed, 20+3 epochs, 200 batches/epoch (minutes)."),
+    ] = False,
+    seeds: Annotated[int | None, typer.Option(help="Seeds 0..N-1 (default 3; quick 1).")] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Max float epochs (default 30; quick 20).")
+    ] = None,
+    qat_epochs: Annotated[
+        int | None, typer.Option(help="Max QAT epochs (default 20; quick 3).")
+    ] = None,
+    max_batches: Annotated[
+        int | None,
+        typer.Option(help="Cap on training batches per epoch (default none; quick 200)."),
+    ] = None,
+    bits: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated bit presets (default all-8,all-4,mixed-4-8)."),
+    ] = None,
+    schemes: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated scheme presets (default all-aq,all-sq,sq-aq,sq-apq,all-apq)."
+        ),
+    ] = None,
+    threshold: Annotated[float, typer.Option(help="APQ threshold of the main grid.")] = 0.1,
+    thresholds: Annotated[
+        str | None,
+        typer.Option(help="APQ threshold sweep of sq-apq/all-apq, e.g. 0,0.05,0.1,0.2,0.5,1."),
+    ] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Parallel worker processes.")] = 1,
+    patience: Annotated[int, typer.Option(help="Early-stopping patience (epochs).")] = 5,
+    batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 64,
+    finn: Annotated[
+        bool, typer.Option(help="Add FINN resource estimates (brevitas_apq.finn_bridge).")
+    ] = False,
+    board: Annotated[str | None, typer.Option(help="FINN board (with --finn).")] = None,
+    data: DataOpt = "beijing",
+    target: Annotated[str | None, typer.Option(help="csv/airu: target column.")] = None,
+    timestamp: Annotated[str | None, typer.Option(help="csv: timestamp column.")] = None,
+    progress: Annotated[bool, typer.Option(help="Progress bars of each run.")] = False,
+) -> None:
+    """The paper's grid: float baseline and every bit x scheme preset over seeds.
+
+    Trains the float model once per seed and starts every QAT configuration from it. Writes
+    results.csv, results.md, stability.csv and plots to --out; finished runs are kept and
+    interrupted ones resume, so running the same command again continues the grid.
+    """
+    from brevitas_apq import experiments
+    from brevitas_apq.plans import BIT_PRESETS, SCHEME_PRESETS
+    from brevitas_apq.training import DataSpec, TrainConfig
+
+    def pick(value, key, default):
+        return value if value is not None else (experiments.QUICK[key] if quick else default)
+
+    options = _csv_options(target, [timestamp] if timestamp else None, None, None, None, None, None)
+    result = experiments.reproduce(
+        out,
+        bits=experiments.parse_list(bits, BIT_PRESETS, "bit preset"),
+        schemes=experiments.parse_list(schemes, SCHEME_PRESETS, "scheme preset")
+        if schemes
+        else experiments.GRID_SCHEMES,
+        seeds=pick(seeds, "seeds", 3),
+        thresholds=experiments.parse_thresholds(thresholds),
+        threshold=threshold,
+        train=TrainConfig(
+            float_epochs=pick(epochs, "float_epochs", 30),
+            qat_epochs=pick(qat_epochs, "qat_epochs", 20),
+            max_batches=pick(max_batches, "max_batches", None),
+            patience=patience,
+            batch_size=batch_size,
+        ),
+        data=DataSpec(data, options=options),
+        jobs=jobs,
+        finn=finn,
+        finn_board=board,
+        progress=progress,
+        log=lambda line: console.print(line, highlight=False),
+    )
+    if len(result.table):
+        table = Table(title=f"apq reproduce: {out} ({result.seconds:.0f} s)")
+        for column in ("configuration", "seeds", "RMSE", "± std", "vs float", "size (bits)"):
+            table.add_column(column, justify="left" if column == "configuration" else "right")
+        for _, r in result.table.iterrows():
+            table.add_row(
+                str(r["config"]),
+                str(int(r["seeds"])),
+                f"{r['rmse_mean']:.3f}",
+                "" if r["rmse_std"] != r["rmse_std"] else f"{r['rmse_std']:.3f}",
+                f"{100 * r['rmse_vs_float_mean']:+.2f} %",
+                f"{r['model_size_bits']:,.0f}",
+            )
+        console.print(table)
+    console.print(f"wrote {out / 'results.md'}, results.csv, stability.csv and plots")
+    if result.failed:
+        err_console.print(f"[bold red]{len(result.failed)} run(s) failed:[/]")
+        for path, error in result.failed.items():
+            err_console.print(f"  {path}: {error.strip().splitlines()[-1]}")
+        raise typer.Exit(1)
+
+
+@app.command()
+@_clean_errors
+def analyze(
+    run_dir: Annotated[Path, typer.Argument(help="A finished `apq train` run directory.")],
+) -> None:
+    """Integer operations per inference (MACs by bit width, zero-point overhead) and model size.
+
+    Prints the per-layer table and writes RUN_DIR/analysis.csv (see brevitas_apq.analysis).
+    """
+    import pandas as pd
+
+    from brevitas_apq.analysis import float_size_bits, operation_counts, size_summary
+    from brevitas_apq.io import write_csv
+    from brevitas_apq.training import load_run
+
+    float_model, quant_model, _ = load_run(run_dir)
+    ops = operation_counts(quant_model)
+    rows = ops["per_layer"]
+    total = {
+        "layer": "total",
+        **{k: "" for k in ("kind", "shape", "a", "b", "mac_bits")},
+        **{k: sum(r[k] for r in rows) for k in ("macs", "adds", "zero_point_ops", "int_ops")},
+    }
+    write_csv(run_dir / "analysis.csv", pd.DataFrame([*rows, total]))
+    table = Table(title=f"apq analyze: {run_dir} (one inference, window {ops['window']})")
+    for col, justify in [
+        ("layer", "left"),
+        ("shape", "left"),
+        ("a", "left"),
+        ("b", "left"),
+        ("MACs", "right"),
+        ("adds", "right"),
+        ("zp ops", "right"),
+        ("int ops", "right"),
+    ]:
+        table.add_column(col, justify=justify)
+    for r in [*rows, total]:
+        table.add_row(
+            r["layer"],
+            r["shape"],
+            r["a"],
+            r["b"],
+            f"{r['macs']:,}",
+            f"{r['adds']:,}",
+            f"{r['zero_point_ops']:,}",
+            f"{r['int_ops']:,}",
+            end_section=r is rows[-1],
+        )
+    console.print(table)
+    console.print(
+        "MACs by operand bits: "
+        + ", ".join(f"{k}: {v:,}" for k, v in ops["macs_by_bits"].items())
+        + f"; zero-point overhead {100 * ops['zero_point_ops'] / ops['int_ops']:.2f} % of int ops"
+    )
+    size = size_summary(quant_model)
+    flt = float_size_bits(float_model)
+    sizes = Table(title="model size")
+    sizes.add_column("part")
+    sizes.add_column("bits", justify="right")
+    for key in ("weight_bits", "bias_bits", "scale_bits", "zero_point_bits", "total_bits"):
+        sizes.add_row(key.removesuffix("_bits").replace("_", " "), f"{size[key]:,}")
+    sizes.add_row("float32 model", f"{flt:,}")
+    sizes.add_row("compression", f"{flt / size['total_bits']:.1f}x")
+    console.print(sizes)
+    console.print(f"wrote {run_dir / 'analysis.csv'}")
+
+
+@app.command()
+@_clean_errors
+def sensitivity(
+    run_dir: Annotated[Path, typer.Argument(help="A finished `apq train` run directory.")],
+    low: Annotated[int, typer.Option(help="Low bit width.")] = 4,
+    high: Annotated[int, typer.Option(help="High bit width.")] = 8,
+    epochs: Annotated[int, typer.Option(help="QAT epochs per configuration.")] = 3,
+    max_batches: Annotated[
+        int | None, typer.Option(help="Cap on training batches per epoch (quick runs).")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Mini-batch size (default: the run's).")
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="QAT learning rate (default: the run's).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed (default: the run's).")] = None,
+    keep: Annotated[int, typer.Option(help="Most sensitive layers kept at --high bits.")] = 1,
+    jobs: Annotated[int, typer.Option(help="Parallel processes (1 torch thread each).")] = 1,
+    overwrite: Annotated[bool, typer.Option(help="Recompute finished configurations.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Per-layer bit-width sensitivity: each layer low with the rest high, and the reverse.
+
+    Short QAT from the run's float weights per configuration (resumable: finished ones are
+    skipped); writes RUN_DIR/sensitivity/ (sensitivity.csv, sensitivity.png, plan.yaml).
+    """
+    from brevitas_apq.sensitivity import default_settings, run_sensitivity
+
+    settings = default_settings(
+        run_dir,
+        low=low,
+        high=high,
+        epochs=epochs,
+        max_batches=max_batches,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+    )
+    result = run_sensitivity(
+        run_dir, settings, keep=keep, jobs=jobs, overwrite=overwrite, progress=progress
+    )
+    base = result["baselines"]
+    table = Table(
+        title=f"apq sensitivity: {run_dir} (all-{high} RMSE {base['base-high']['test_rmse']:.3f}, "
+        f"all-{low} RMSE {base['base-low']['test_rmse']:.3f})"
+    )
+    for col in (
+        "rank",
+        "layer",
+        f"RMSE {low}b (rest {high}b)",
+        "increase",
+        f"RMSE {high}b (rest {low}b)",
+        "decrease",
+        "score",
+    ):
+        table.add_column(col, justify="left" if col == "layer" else "right")
+    for r in result["table"].itertuples():
+        table.add_row(
+            str(r.rank),
+            r.layer,
+            f"{r.rmse_layer_low:.3f}",
+            f"{r.delta_low:+.3f}",
+            f"{r.rmse_layer_high:.3f}",
+            f"{r.delta_high:+.3f}",
+            f"{r.score:+.3f}",
+        )
+    console.print(table)
+    proposal = result["proposal"]
+    console.print(
+        f"proposed plan {result['plan'].name}: test RMSE {proposal['test_rmse']:.3f}, "
+        f"size {proposal['model_size_bits']:,} bits -> {result['plan_path']}"
+    )
+    console.print(
+        f"{len(result['computed'])} configurations computed, {len(result['skipped'])} reused "
+        f"from {result['out'] / 'configs'}"
+    )
+
+
+# --- apq search (brevitas_apq.search) ----------------------------------------------------------
+
+
+@app.command()
+@_clean_errors
+def search(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path(
+        "runs/search"
+    ),
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="Optuna storage URL shared by workers, e.g. postgresql://user@host/db "
+            "(default: sqlite:///OUT/study.db)."
+        ),
+    ] = None,
+    study_name: Annotated[str, typer.Option(help="Study name in the storage.")] = "apq-search",
+    trials: Annotated[int, typer.Option(help="Trials for this worker (0: only report).")] = 10,
+    epochs: Annotated[int, typer.Option(help="Max float epochs (shared float model).")] = 10,
+    qat_epochs: Annotated[int, typer.Option(help="Max QAT epochs per trial.")] = 5,
+    max_batches: Annotated[
+        int | None, typer.Option(help="Cap on training batches per epoch.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 64,
+    patience: Annotated[int, typer.Option(help="Early-stopping patience (epochs).")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the float model and of QAT.")] = 0,
+    min_bits: Annotated[int, typer.Option(help="Smallest bit width per layer.")] = 2,
+    max_bits: Annotated[int, typer.Option(help="Largest bit width per layer.")] = 8,
+    weight_schemes: Annotated[
+        str, typer.Option(help="Weight/bias schemes to choose from (comma-separated).")
+    ] = "sq,aq,apq",
+    act_schemes: Annotated[
+        str, typer.Option(help="Activation schemes to choose from (comma-separated).")
+    ] = "sq,aq,apq",
+    threshold: Annotated[float, typer.Option(help="APQ symmetry threshold.")] = 0.1,
+    sampler: Annotated[str, typer.Option(help="Optuna sampler: tpe, nsga2 or random.")] = "tpe",
+    sampler_seed: Annotated[
+        int | None, typer.Option(help="Sampler seed (default: random per worker).")
+    ] = None,
+    data: DataOpt = "beijing",
+    target: Annotated[str | None, typer.Option(help="csv/airu: target column.")] = None,
+    timestamp: Annotated[str | None, typer.Option(help="csv: timestamp column.")] = None,
+    progress: Annotated[bool, typer.Option(help="Progress bars of each run.")] = False,
+) -> None:
+    """Multi-objective search over per-layer bits and schemes (RMSE, size, zero-point ops).
+
+    Start several workers with the same --storage and --study-name to share one study; each
+    writes trials.csv, pareto.csv and pareto.png of the whole study to its --out.
+    """
+    from brevitas_apq import search as search_mod
+    from brevitas_apq.training import DataSpec, TrainConfig
+
+    options = _csv_options(target, [timestamp] if timestamp else None, None, None, None, None, None)
+    result = search_mod.search(
+        out,
+        storage=storage,
+        study_name=study_name,
+        trials=trials,
+        space=search_mod.SearchSpace(
+            min_bits=min_bits,
+            max_bits=max_bits,
+            weight_schemes=search_mod.parse_schemes(weight_schemes),
+            act_schemes=search_mod.parse_schemes(act_schemes),
+            threshold=threshold,
+        ),
+        train=TrainConfig(
+            float_epochs=epochs,
+            qat_epochs=qat_epochs,
+            max_batches=max_batches,
+            batch_size=batch_size,
+            patience=patience,
+            seed=seed,
+        ),
+        data=DataSpec(data, options=options),
+        sampler=sampler,
+        sampler_seed=sampler_seed,
+        progress=progress,
+        log=lambda line: console.print(line, highlight=False),
+    )
+    pareto = result["pareto"]
+    table = Table(title=f"Pareto front of {study_name} ({len(result['trials'])} finished trials)")
+    for column in (
+        "trial",
+        "RMSE",
+        "size (bits)",
+        "zero-point ops",
+        "bits L1-L8",
+        "act",
+        "schemes",
+    ):
+        table.add_column(column, justify="right")
+    for r in pareto.itertuples():
+        layer_bits = ",".join(str(getattr(r, f"bits_L{i}")) for i in range(1, 9))
+        table.add_row(
+            str(r.trial),
+            f"{r.rmse:.3f}",
+            f"{r.model_size_bits:,.0f}",
+            f"{r.zero_point_ops:,.0f}",
+            layer_bits,
+            str(r.bits_act),
+            f"{r.weight_scheme}/{r.act_scheme}",
+        )
+    console.print(table)
+    console.print(f"study {study_name} in {result['storage']}; wrote {out / 'pareto.csv'}")
+
+
+# --- apq build (FINN, brevitas_apq.finn_bridge) ---------------------------------------------
+
+
+def _print_finn_warnings(caught) -> None:
+    for w in caught:
+        if w.category.__name__ == "FinnFlowWarning":
+            err_console.print(f"[bold yellow]warning:[/] {w.message}")
+
+
+@app.command("build")
+@_clean_errors
+def build_cmd(
+    model: Annotated[
+        Path,
+        typer.Argument(help="A QONNX file (apq export) or a finished run directory."),
+    ],
+    board: Annotated[
+        str,
+        typer.Option(
+            "--board",
+            "-b",
+            help="Pynq-Z1, Pynq-Z2, ZCU104, KV260_SOM, Ultra96-V2 or an FPGA part name.",
+        ),
+    ] = "Pynq-Z1",
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Output directory (default RUN_DIR/finn or MODEL_finn)."),
+    ] = None,
+    target_fps: Annotated[
+        int | None, typer.Option("--target-fps", help="Target inferences/s (auto-folding).")
+    ] = None,
+    folding: Annotated[
+        Path | None, typer.Option("--folding", help="FINN folding config JSON.")
+    ] = None,
+    run: Annotated[
+        Path | None,
+        typer.Option("--run", help="Run directory supplying test windows and the Brevitas model."),
+    ] = None,
+    windows: Annotated[
+        int, typer.Option(help="Test windows to emulate through FINN's HW graph (0: none).")
+    ] = 32,
+    tolerance: Annotated[float, typer.Option(help="Max abs emulation difference.")] = 1e-4,
+    clock_ns: Annotated[float, typer.Option("--clock-ns", help="Target clock period.")] = 10.0,
+) -> None:
+    """Build a model with FINN for a board: resource/throughput estimate plus emulation.
+
+    Without Xilinx tools (no XILINX_VIVADO) the flow stops after HLS/RTL code generation;
+    with them it goes on to the bitfile. Writes FINN's reports and OUT/summary.json.
+    """
+    import warnings
+
+    from brevitas_apq.finn_bridge import build_model, summary_table
+    from finn_flow.errors import EmulationMismatchError
+
+    if target_fps is not None and folding is not None:
+        raise ValueError("--target-fps and --folding exclude each other: give one of them")
+    if model.is_dir():
+        if run is not None and run.resolve() != model.resolve():
+            raise ValueError(f"{model} is a run directory: drop --run or pass the .onnx file")
+        run = model
+        onnx_path = model / "model.onnx"
+        if not onnx_path.is_file() and (model / "model.pt").is_file():
+            from brevitas_apq.export import export_run
+
+            console.print(f"exporting {onnx_path} first")
+            export_run(model)
+        elif not onnx_path.is_file():
+            raise FileNotFoundError(
+                f"{model} is a directory without model.onnx or model.pt: pass a QONNX file "
+                "or a finished `apq train` run directory"
+            )
+        out = out or model / "finn"
+    else:
+        onnx_path = model
+        out = out or model.with_name(model.stem + "_finn")
+    console.print(f"FINN build of {onnx_path} for {board} -> {out}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            summary = build_model(
+                onnx_path,
+                out,
+                board=board,
+                run_dir=run,
+                windows=windows,
+                target_fps=target_fps,
+                folding=folding,
+                tolerance=tolerance,
+                clock_ns=clock_ns,
+            )
+            failure = None
+        except EmulationMismatchError as err:
+            summary, failure = json.loads((out / "summary.json").read_text()), err
+    _print_finn_warnings(caught)
+    console.print(summary_table(summary))
+    console.print(f"reports in {out / 'report'}, summary in {out / 'summary.json'}")
+    if failure is not None:
+        err_console.print(f"[bold red]error:[/] {failure}")
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -194,9 +194,7 @@ class BitPlan:
             for name in LAYERS
         }
         acts = {
-            name: spec(
-                EXTRA_ACTIVATION_BITS, "sq" if name in UNSIGNED_ACTIVATIONS else act_scheme
-            )
+            name: spec(EXTRA_ACTIVATION_BITS, "sq" if name in UNSIGNED_ACTIVATIONS else act_scheme)
             for name in ACTIVATIONS
         }
         return cls(layers, acts, name=f"{bits}/{schemes}")

@@ -15,15 +15,22 @@ from a generator seeded with ``(seed, phase, epoch)``, so nothing random lives o
 checkpoint and ``--resume`` continues an interrupted run to the same result as an uninterrupted
 one. Checkpoints hold only tensors and plain Python values and load with
 ``torch.load(..., weights_only=True)``.
+
+Sharing one float model among many QAT runs (``apq reproduce``, ``apq search``): the float phase
+depends only on the data, the model options and ``TrainConfig`` (seed, float epochs, batch size,
+learning rate, patience, batch cap), never on the plan. ``train_float`` runs that phase alone, and
+``train_run(..., float_init=RUN_DIR)`` skips the float phase and starts QAT from those weights;
+the result is identical to a run that trained its own float model with the same settings.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +42,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from brevitas_apq import io, plots
-from brevitas_apq.analysis import float_size_bits, model_size_bits
+from brevitas_apq.analysis import float_size_bits, model_size_bits, operation_counts
 from brevitas_apq.data import WindowedDataset, load_dataset, prepare_dataset
 from brevitas_apq.models import ModelConfig, TimeSeriesTransformer
 from brevitas_apq.plans import BitPlan
@@ -53,13 +60,14 @@ class RunError(ValueError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings of a run (Adam, MSE loss, early stopping on validation RMSE)."""
+    """Optimisation settings of a run: Adam with cosine learning-rate decay over each phase,
+    MSE loss, early stopping on validation RMSE (the best epoch is kept)."""
 
     float_epochs: int = 30
     qat_epochs: int = 20
     batch_size: int = 64
     lr: float = 1e-3
-    qat_lr: float = 5e-4
+    qat_lr: float = 1e-3
     patience: int = 5
     seed: int = 0
     qat_from_scratch: bool = False
@@ -171,6 +179,18 @@ def _restore_records(model: nn.Module, records: dict[str, torch.Tensor]) -> None
             core.record.load_state(records[name])
 
 
+@torch.no_grad()
+def _calibrate(
+    model: nn.Module, X_train: torch.Tensor, order: torch.Tensor, train: TrainConfig
+) -> None:
+    """Zero QAT epochs (``train_float``): one training-mode forward pass of the first mini-batch
+    gives the activation quantisers their ranges (post-training calibration), so the quantised
+    model can be evaluated."""
+    model.train()
+    model(X_train[order[: train.batch_size]])
+    model.eval()  # commits the pending ranges
+
+
 def build_models(
     model_config: ModelConfig, plan: BitPlan, seed: int
 ) -> tuple[TimeSeriesTransformer, TimeSeriesTransformer]:
@@ -193,11 +213,17 @@ def train_run(
     overwrite: bool = False,
     progress: bool = True,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    float_init: str | Path | Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Train float, then QAT, in ``out_dir``; write all artefacts; return the metrics.
 
     ``on_epoch`` is called with each epoch's history row after its checkpoint is written (tests
     use it to interrupt a run).
+
+    ``float_init`` skips the float phase: the float model takes these weights (a state dict, a
+    finished run directory such as one of ``train_float``, or a ``.pt`` file; see
+    ``load_float_state``) and QAT starts from them. ``train.float_epochs`` is then unused. A
+    fingerprint of the weights is part of the run's settings, so ``resume`` refuses other ones.
     """
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(train.threads)
@@ -212,9 +238,72 @@ def train_run(
             overwrite,
             progress,
             on_epoch,
+            float_init,
         )
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def train_float(
+    out_dir: str | Path,
+    *,
+    data: DataSpec = DataSpec(),
+    train: TrainConfig = TrainConfig(),
+    model_options: dict[str, Any] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run only the float phase in ``out_dir`` (a run with zero QAT epochs) and return its metrics.
+
+    The float weights equal those a full ``train_run`` with the same ``data``, ``train`` and
+    ``model_options`` trains; pass ``float_init=out_dir`` to ``train_run`` to start QAT runs
+    from them. ``metrics["float_rmse"]`` is the float model's test RMSE (``rmse`` is the
+    all-8/all-sq plan applied to the float weights without QAT).
+    """
+    return train_run(
+        out_dir,
+        data=data,
+        plan=BitPlan.from_presets("all-8", "all-sq"),
+        train=dataclasses.replace(train, qat_epochs=0),
+        model_options=model_options,
+        resume=resume,
+        overwrite=overwrite,
+        progress=progress,
+    )
+
+
+def load_float_state(source: str | Path | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Float-model weights from a state dict, a finished run directory (its ``model.pt``), a
+    ``model.pt`` file or a ``.pt`` file holding a plain state dict."""
+    if isinstance(source, Mapping):
+        return {k: v.detach().clone() for k, v in source.items()}
+    path = Path(source)
+    if path.is_dir():
+        path = path / MODEL_FILE
+    if not path.is_file():
+        raise RunError(
+            f"float_init {str(source)!r}: no such file or finished run directory "
+            f"(expected {MODEL_FILE}; train it with `train_float` first)"
+        )
+    saved = torch.load(path, weights_only=True)
+    if isinstance(saved, Mapping) and "float_state_dict" in saved:
+        saved = saved["float_state_dict"]
+    if not isinstance(saved, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in saved.values()
+    ):
+        raise RunError(f"float_init {str(path)!r} holds no float state dict")
+    return dict(saved)
+
+
+def state_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
+    """A SHA-256 of a state dict's names, shapes, dtypes and values (order-independent)."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(tensor.numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
 
 
 def _train_run(
@@ -227,6 +316,7 @@ def _train_run(
     overwrite: bool,
     progress: bool,
     on_epoch: Callable[[dict[str, Any]], None] | None,
+    float_init: str | Path | Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     ckpt_path = out / CHECKPOINT
     if ckpt_path.exists() and not (resume or overwrite):
@@ -244,6 +334,9 @@ def _train_run(
         "plan": plan.to_dict(),
         "train": dataclasses.asdict(train),
     }
+    float_state = None if float_init is None else load_float_state(float_init)
+    if float_state is not None:
+        run["float_init"] = state_fingerprint(float_state)
     state: dict[str, Any] = {
         "format": 1,
         "run": run,
@@ -261,6 +354,9 @@ def _train_run(
             )
     out.mkdir(parents=True, exist_ok=True)
     float_model, quant_model = build_models(model_config, plan, train.seed)
+    if float_state is not None and not state["phases"]["float"]["done"]:
+        float_model.load_state_dict(float_state)  # checks the shapes against this model
+        state["phases"]["float"].update(done=True, best=float_state)
     X_train = torch.from_numpy(dataset.X_train)
     y_train = torch.from_numpy(dataset.y_train)
 
@@ -273,9 +369,13 @@ def _train_run(
         max_epochs = train.float_epochs if phase == "float" else train.qat_epochs
         lr = train.lr if phase == "float" else train.qat_lr
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        # Cosine decay over the phase's epoch budget: QAT from float weights first has to undo
+        # a large quantisation error (large steps help), then settle on the grid.
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(max_epochs, 1))
         if ps["model"] is not None:
             model.load_state_dict(ps["model"])
             optimizer.load_state_dict(ps["opt"])
+            scheduler.load_state_dict(ps["sched"])
             if phase == "qat":
                 _restore_records(model, state["records"])
         elif phase == "qat" and not train.qat_from_scratch:
@@ -309,6 +409,7 @@ def _train_run(
                 total += loss.item() * len(idx)
                 count += len(idx)
                 bar.set_postfix(loss=f"{total / count:.5f}", refresh=False)
+            scheduler.step()
             val = evaluate(model, dataset, "val")
             bar.set_postfix(loss=f"{total / count:.5f}", val_rmse=f"{val['rmse']:.3f}")
             bar.close()
@@ -335,6 +436,7 @@ def _train_run(
                 epoch=epoch + 1,
                 model=model.state_dict(),
                 opt=optimizer.state_dict(),
+                sched=scheduler.state_dict(),
                 bad=bad_epochs,
                 done=bad_epochs >= train.patience or epoch + 1 == max_epochs,
             )
@@ -346,6 +448,9 @@ def _train_run(
             if ps["done"]:
                 break
         if ps["best"] is None:  # zero epochs in this phase
+            if phase == "qat":
+                _calibrate(model, X_train, _batch_order(train.seed, phase, 0, len(X_train)), train)
+                state["records"] = _records(model)
             ps["best"] = {k: v.clone() for k, v in model.state_dict().items()}
         ps["done"] = True
         save_checkpoint()
@@ -377,6 +482,7 @@ def _finish(
     truth = dataset.inverse_target(y_test)
     persistence = _rmse(dataset.inverse_target(dataset.persistence("test")), truth)
     history = pd.DataFrame(state["history"])
+    ops = operation_counts(quant_model)
     epochs_run = {p: int((history.phase == p).sum()) if len(history) else 0 for p in PHASES}
     metrics = {
         **quant,
@@ -387,6 +493,11 @@ def _finish(
         "rmse_vs_float": quant["rmse"] / flt["rmse"] - 1.0,
         "model_size_bits": model_size_bits(quant_model),
         "float_model_size_bits": float_size_bits(float_model),
+        # integer operations per inference under the final SQ / AQ decisions (analysis.py)
+        "int_ops": ops["int_ops"],
+        "zero_point_ops": ops["zero_point_ops"],
+        "macs_by_bits": ops["macs_by_bits"],
+        "layers": ops["per_layer"],
         "schemes": scheme_decisions(quant_model),
         "plan": plan.name,
         "dataset": data.dataset,
