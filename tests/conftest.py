@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+from tests.helpers import write_series_csv
+
 
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", help="also run tests marked slow")
@@ -27,3 +29,9 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_vivado)
         if "finn" in item.keywords and not has_finn:
             item.add_marker(skip_finn)
+
+
+@pytest.fixture(scope="session")
+def small_csv(tmp_path_factory) -> str:
+    """A small synthetic hourly series as a ``csv:`` data-set spec (see tests/helpers.py)."""
+    return write_series_csv(tmp_path_factory.mktemp("data") / "series.csv")

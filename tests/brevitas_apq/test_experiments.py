@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -23,26 +22,14 @@ from brevitas_apq.training import (
     train_float,
     train_run,
 )
+from tests.helpers import csv_data
 
 TINY = TrainConfig(float_epochs=1, qat_epochs=1, max_batches=2, batch_size=32)
 
 
 @pytest.fixture(scope="module")
-def small_csv(tmp_path_factory) -> str:
-    """A small synthetic hourly series (40 days)."""
-    rng = np.random.default_rng(0)
-    n = 24 * 40
-    t = pd.date_range("2020-01-01", periods=n, freq="h")
-    temp = 10 + 5 * np.sin(np.arange(n) * 2 * np.pi / 24) + rng.normal(0, 0.5, n)
-    load = 50 + 2 * temp + rng.normal(0, 1, n)
-    path = tmp_path_factory.mktemp("data") / "series.csv"
-    pd.DataFrame({"time": t, "load": load, "temp": temp}).to_csv(path, index=False)
-    return f"csv:{path}"
-
-
-@pytest.fixture(scope="module")
 def data(small_csv) -> DataSpec:
-    return DataSpec(small_csv, options=(("target", "load"), ("timestamp", "time")))
+    return csv_data(small_csv)
 
 
 def test_float_init_gives_the_same_result_as_a_full_run(tmp_path, data):

@@ -14,7 +14,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import optuna
 import pandas as pd
 import pytest
@@ -26,26 +25,11 @@ from brevitas_apq.search import (
     plan_from_params,
     search,
 )
-from brevitas_apq.training import DataSpec, TrainConfig
+from brevitas_apq.training import TrainConfig
+from tests.helpers import csv_data
 
 TINY = TrainConfig(float_epochs=1, qat_epochs=1, max_batches=2, batch_size=32)
 TINY_ARGS = ["--epochs", "1", "--qat-epochs", "1", "--max-batches", "2", "--batch-size", "32"]
-
-
-@pytest.fixture(scope="module")
-def small_csv(tmp_path_factory) -> str:
-    rng = np.random.default_rng(0)
-    n = 24 * 40
-    t = pd.date_range("2020-01-01", periods=n, freq="h")
-    temp = 10 + 5 * np.sin(np.arange(n) * 2 * np.pi / 24) + rng.normal(0, 0.5, n)
-    load = 50 + 2 * temp + rng.normal(0, 1, n)
-    path = tmp_path_factory.mktemp("data") / "series.csv"
-    pd.DataFrame({"time": t, "load": load, "temp": temp}).to_csv(path, index=False)
-    return f"csv:{path}"
-
-
-def data_spec(small_csv: str) -> DataSpec:
-    return DataSpec(small_csv, options=(("target", "load"), ("timestamp", "time")))
 
 
 def test_plan_from_params():
@@ -72,10 +56,10 @@ def test_bad_search_options(tmp_path):
 
 
 def test_study_with_other_settings_is_refused(tmp_path, small_csv):
-    result = search(tmp_path, trials=0, train=TINY, data=data_spec(small_csv))
+    result = search(tmp_path, trials=0, train=TINY, data=csv_data(small_csv))
     assert result["trials"].empty and (tmp_path / "pareto.csv").is_file()
     with pytest.raises(SearchError, match="other settings"):
-        search(tmp_path, trials=0, train=TINY, data=data_spec(small_csv), space=SearchSpace(2, 4))
+        search(tmp_path, trials=0, train=TINY, data=csv_data(small_csv), space=SearchSpace(2, 4))
 
 
 def test_two_workers_share_one_sqlite_study(tmp_path, small_csv):
@@ -191,7 +175,7 @@ def postgres_url(tmp_path):
 
 
 def test_workers_share_a_postgresql_study(tmp_path, small_csv, postgres_url):
-    data = data_spec(small_csv)
+    data = csv_data(small_csv)
     space = SearchSpace(min_bits=3, max_bits=5)
     # Two "machines": each with its own output directory and its own local float model.
     start = time.perf_counter()

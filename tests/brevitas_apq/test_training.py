@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -15,41 +14,21 @@ from brevitas_apq.export import export_run
 from brevitas_apq.plans import BitPlan
 from brevitas_apq.training import (
     CHECKPOINT,
-    DataSpec,
     RunError,
     TrainConfig,
     load_run,
     train_run,
 )
+from tests.helpers import csv_data
 
 QUICK = TrainConfig(float_epochs=2, qat_epochs=2, max_batches=6, batch_size=32, patience=5)
 PLAN = BitPlan.from_presets("mixed-4-8", "sq-apq")
 
 
 @pytest.fixture(scope="module")
-def small_csv(tmp_path_factory) -> str:
-    """A small synthetic hourly series (about 40 days) with a gap and missing values."""
-    rng = np.random.default_rng(0)
-    n = 24 * 40
-    t = pd.date_range("2020-01-01", periods=n, freq="h")
-    temp = 10 + 5 * np.sin(np.arange(n) * 2 * np.pi / 24) + rng.normal(0, 0.5, n)
-    load = 50 + 2 * temp + rng.normal(0, 1, n)
-    frame = pd.DataFrame({"time": t, "load": load, "temp": temp})
-    frame.loc[100, "load"] = np.nan
-    frame = frame.drop(index=range(500, 510))
-    path = tmp_path_factory.mktemp("data") / "series.csv"
-    frame.to_csv(path, index=False)
-    return f"csv:{path}"
-
-
-def spec(dataset: str) -> DataSpec:
-    return DataSpec(dataset, options=(("target", "load"), ("timestamp", "time")))
-
-
-@pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, small_csv):
     out = tmp_path_factory.mktemp("run")
-    metrics = train_run(out, data=spec(small_csv), plan=PLAN, train=QUICK, progress=False)
+    metrics = train_run(out, data=csv_data(small_csv), plan=PLAN, train=QUICK, progress=False)
     return out, metrics
 
 
@@ -108,7 +87,7 @@ def test_checkpoint_loads_with_weights_only(finished_run):
 
 def test_same_seed_gives_the_same_result(tmp_path, small_csv, finished_run):
     _, first = finished_run
-    again = train_run(tmp_path, data=spec(small_csv), plan=PLAN, train=QUICK, progress=False)
+    again = train_run(tmp_path, data=csv_data(small_csv), plan=PLAN, train=QUICK, progress=False)
     for key in ("rmse", "float_rmse", "mae", "schemes", "model_size_bits"):
         assert again[key] == first[key], key
 
@@ -125,7 +104,7 @@ def test_resume_after_interruption_gives_the_same_result(tmp_path, small_csv, fi
     with pytest.raises(KeyboardInterrupt):
         train_run(
             tmp_path,
-            data=spec(small_csv),
+            data=csv_data(small_csv),
             plan=PLAN,
             train=QUICK,
             progress=False,
@@ -133,9 +112,9 @@ def test_resume_after_interruption_gives_the_same_result(tmp_path, small_csv, fi
         )
     assert not (tmp_path / "metrics.json").exists()
     with pytest.raises(RunError, match="--resume"):
-        train_run(tmp_path, data=spec(small_csv), plan=PLAN, train=QUICK, progress=False)
+        train_run(tmp_path, data=csv_data(small_csv), plan=PLAN, train=QUICK, progress=False)
     resumed = train_run(
-        tmp_path, data=spec(small_csv), plan=PLAN, train=QUICK, progress=False, resume=True
+        tmp_path, data=csv_data(small_csv), plan=PLAN, train=QUICK, progress=False, resume=True
     )
     for key in ("rmse", "float_rmse", "schemes", "epochs_run"):
         assert resumed[key] == uninterrupted[key], key
@@ -145,11 +124,11 @@ def test_resume_after_interruption_gives_the_same_result(tmp_path, small_csv, fi
 
 def test_resume_with_other_settings_is_refused(tmp_path, small_csv):
     quick = TrainConfig(float_epochs=1, qat_epochs=1, max_batches=2, batch_size=32)
-    train_run(tmp_path, data=spec(small_csv), plan=PLAN, train=quick, progress=False)
+    train_run(tmp_path, data=csv_data(small_csv), plan=PLAN, train=quick, progress=False)
     other = BitPlan.from_presets("all-8", "all-sq")
     with pytest.raises(RunError, match="other settings"):
         train_run(
-            tmp_path, data=spec(small_csv), plan=other, train=quick, progress=False, resume=True
+            tmp_path, data=csv_data(small_csv), plan=other, train=quick, progress=False, resume=True
         )
 
 
@@ -157,7 +136,7 @@ def test_qat_from_scratch_does_not_need_float_epochs(tmp_path, small_csv):
     cfg = TrainConfig(
         float_epochs=1, qat_epochs=1, max_batches=2, batch_size=32, qat_from_scratch=True
     )
-    metrics = train_run(tmp_path, data=spec(small_csv), plan=PLAN, train=cfg, progress=False)
+    metrics = train_run(tmp_path, data=csv_data(small_csv), plan=PLAN, train=cfg, progress=False)
     assert metrics["qat_epochs_run"] == 1
 
 

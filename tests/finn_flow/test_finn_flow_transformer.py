@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -23,7 +22,8 @@ from brevitas.quant import Int8ActPerTensorFloat, Int8WeightPerTensorFloat
 from brevitas_apq.cli import app
 from brevitas_apq.finn_bridge import build_run
 from brevitas_apq.plans import BitPlan
-from brevitas_apq.training import DataSpec, TrainConfig, load_run, train_run
+from brevitas_apq.training import TrainConfig, load_run, train_run
+from tests.helpers import csv_data
 
 pytestmark = pytest.mark.finn
 
@@ -49,23 +49,6 @@ def _text(result) -> str:
 
 
 @pytest.fixture(scope="module")
-def small_csv(tmp_path_factory) -> str:
-    """About 25 days of a synthetic hourly series with a daily cycle."""
-    rng = np.random.default_rng(0)
-    n = 24 * 25
-    t = pd.date_range("2021-01-01", periods=n, freq="h")
-    temp = 10 + 5 * np.sin(np.arange(n) * 2 * np.pi / 24) + rng.normal(0, 0.5, n)
-    load = 50 + 2 * temp + rng.normal(0, 1, n)
-    path = tmp_path_factory.mktemp("data") / "series.csv"
-    pd.DataFrame({"time": t, "load": load, "temp": temp}).to_csv(path, index=False)
-    return f"csv:{path}"
-
-
-def _spec(dataset: str) -> DataSpec:
-    return DataSpec(dataset, options=(("target", "load"), ("timestamp", "time")))
-
-
-@pytest.fixture(scope="module")
 def runs(tmp_path_factory, small_csv) -> dict:
     """name -> trained run directory (model.onnx is exported by the build)."""
     out = {}
@@ -73,7 +56,7 @@ def runs(tmp_path_factory, small_csv) -> dict:
         run_dir = tmp_path_factory.mktemp(name)
         train_run(
             run_dir,
-            data=_spec(small_csv),
+            data=csv_data(small_csv),
             plan=BitPlan.from_presets(bits, schemes),
             train=TINY,
             model_options={"norm": norm},
