@@ -40,7 +40,6 @@ from typing import Any
 
 import pandas as pd
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
 from brevitas_apq import io
@@ -54,10 +53,11 @@ from brevitas_apq.training import (
     MODEL_FILE,
     RunError,
     TrainConfig,
-    _batch_order,
     build_models,
+    epoch_batches,
     evaluate,
     load_run,
+    train_epoch,
 )
 
 OUT_DIR = "sensitivity"
@@ -160,21 +160,13 @@ def qat_from_float(
     y = torch.from_numpy(dataset.y_train)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     best, best_val, history = None, None, []
+    budget = TrainConfig(batch_size=batch_size, seed=seed, max_batches=max_batches or None)
     for epoch in range(epochs):
-        model.train()
-        batches = _batch_order(seed, "qat", epoch, len(X)).split(batch_size)
-        if max_batches:
-            batches = batches[:max_batches]
-        total, count = 0.0, 0
-        for idx in tqdm(batches, desc=f"{desc} {epoch + 1}/{epochs}", disable=not progress):
-            optimizer.zero_grad()
-            loss = nn.functional.mse_loss(model(X[idx]), y[idx])
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(idx)
-            count += len(idx)
+        batches = epoch_batches(budget, "qat", epoch, len(X))
+        bar = tqdm(batches, desc=f"{desc} {epoch + 1}/{epochs}", disable=not progress)
+        train_loss = train_epoch(model, optimizer, X, y, bar)
         val = evaluate(model, dataset, "val")["rmse"]
-        history.append({"epoch": epoch + 1, "train_loss": total / count, "val_rmse": val})
+        history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_rmse": val})
         if best_val is None or val < best_val:
             best_val = val
             best = {k: v.clone() for k, v in model.state_dict().items()}

@@ -165,6 +165,35 @@ def _batch_order(seed: int, phase: str, epoch: int, n: int) -> torch.Tensor:
     return torch.randperm(n, generator=generator)
 
 
+def epoch_batches(train: TrainConfig, phase: str, epoch: int, n: int) -> tuple[torch.Tensor, ...]:
+    """The mini-batches (index tensors) of one epoch: seeded order, capped by ``max_batches``."""
+    batches = _batch_order(train.seed, phase, epoch, n).split(train.batch_size)
+    return batches[: train.max_batches] if train.max_batches else batches
+
+
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    batches,
+) -> float:
+    """One epoch of MSE training over ``batches`` (index tensors, or a tqdm bar over them, whose
+    postfix shows the running loss); returns the mean training loss."""
+    model.train()
+    total, count = 0.0, 0
+    for idx in batches:
+        optimizer.zero_grad()
+        loss = nn.functional.mse_loss(model(X[idx]), y[idx])
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(idx)
+        count += len(idx)
+        if isinstance(batches, tqdm):
+            batches.set_postfix(loss=f"{total / count:.5f}", refresh=False)
+    return total / max(count, 1)
+
+
 def _fresh_phase() -> dict[str, Any]:
     return {"done": False, "epoch": 0, "model": None, "opt": None, "best": None, "best_val": None}
 
@@ -389,29 +418,17 @@ def _train_run(
         for epoch in range(ps["epoch"], max_epochs):
             start = time.perf_counter()
             model.train()
-            order = _batch_order(train.seed, phase, epoch, len(X_train))
-            batches = order.split(train.batch_size)
-            if train.max_batches:
-                batches = batches[: train.max_batches]
             bar = tqdm(
-                batches,
+                epoch_batches(train, phase, epoch, len(X_train)),
                 desc=f"{phase} epoch {epoch + 1}/{max_epochs}",
                 disable=not progress,
                 leave=True,
                 dynamic_ncols=True,
             )
-            total, count = 0.0, 0
-            for idx in bar:
-                optimizer.zero_grad()
-                loss = nn.functional.mse_loss(model(X_train[idx]), y_train[idx])
-                loss.backward()
-                optimizer.step()
-                total += loss.item() * len(idx)
-                count += len(idx)
-                bar.set_postfix(loss=f"{total / count:.5f}", refresh=False)
+            train_loss = train_epoch(model, optimizer, X_train, y_train, bar)
             scheduler.step()
             val = evaluate(model, dataset, "val")
-            bar.set_postfix(loss=f"{total / count:.5f}", val_rmse=f"{val['rmse']:.3f}")
+            bar.set_postfix(loss=f"{train_loss:.5f}", val_rmse=f"{val['rmse']:.3f}")
             bar.close()
             seconds = time.perf_counter() - start
             state["train_seconds"] += seconds
@@ -425,7 +442,7 @@ def _train_run(
             row = {
                 "phase": phase,
                 "epoch": epoch + 1,
-                "train_loss": total / count,
+                "train_loss": train_loss,
                 "val_rmse": val["rmse"],
                 "val_rmse_normalised": val["rmse_normalised"],
                 "best": improved,
