@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -757,7 +759,21 @@ def build_cmd(
         raise typer.Exit(1)
 
 
+# Third-party notices that say nothing about the user's run (Brevitas's optional Hadamard
+# kernels; its accumulator zero point, which our export does not use). Also set for the worker
+# processes of reproduce / sensitivity / search through PYTHONWARNINGS.
+_QUIET = (
+    "fast_hadamard_transform package not found",
+    "Computing zero point of output accumulator",
+)
+
+
 def main() -> None:
+    extra = ",".join(f"ignore:{message}" for message in _QUIET)
+    current = os.environ.get("PYTHONWARNINGS")
+    os.environ["PYTHONWARNINGS"] = f"{current},{extra}" if current else extra
+    for message in _QUIET:
+        warnings.filterwarnings("ignore", message=message)
     app()
 
 
