@@ -21,22 +21,10 @@ from brevitas.quant import (
 )
 from torch import nn
 
-from brevitas_apq.quant import (
-    APQActQuant,
-    APQBiasQuant,
-    APQWeightQuant,
-    AQActQuant,
-    AQBiasQuant,
-    AQWeightQuant,
-    SQActQuant,
-    SQBiasQuant,
-    SQWeightQuant,
-)
+from brevitas_apq.quant import SCHEME_QUANTIZERS
 
 SCHEMES = {
-    "SQ": (SQWeightQuant, SQBiasQuant, SQActQuant),
-    "AQ": (AQWeightQuant, AQBiasQuant, AQActQuant),
-    "APQ": (APQWeightQuant, APQBiasQuant, APQActQuant),
+    **{name.upper(): quants for name, quants in SCHEME_QUANTIZERS.items()},
     # Brevitas's stock symmetric quantisers, for the cost of our core against Brevitas's own.
     "stock": (
         Int8WeightPerTensorFloat,

@@ -54,18 +54,7 @@ from typing import Any
 import yaml
 
 from brevitas_apq.io import write_text
-from brevitas_apq.quant import (
-    APQActQuant,
-    APQBiasQuant,
-    APQWeightQuant,
-    AQActQuant,
-    AQBiasQuant,
-    AQWeightQuant,
-    SQActQuant,
-    SQBiasQuant,
-    SQWeightQuant,
-    UnsignedActQuant,
-)
+from brevitas_apq.quant import SCHEME_QUANTIZERS, UnsignedActQuant
 from brevitas_apq.quant.validation import SCHEMES, check_bit_width, check_scheme, check_threshold
 
 LAYERS = ("L1", "L2", "L3", "L4", "L5", "L6", "L7", "L8")
@@ -87,10 +76,6 @@ UNSIGNED_ACTIVATIONS = ("softmax", "relu")
 EXTRA_ACTIVATION_BITS = 8  # bits of the ACTIVATIONS in every preset (see the module docstring)
 BIT_PRESETS = ("all-8", "all-4", "mixed-4-8")
 SCHEME_PRESETS = ("all-sq", "all-aq", "sq-aq", "sq-apq", "all-apq")
-
-_WEIGHT_QUANTS = {"sq": SQWeightQuant, "aq": AQWeightQuant, "apq": APQWeightQuant}
-_BIAS_QUANTS = {"sq": SQBiasQuant, "aq": AQBiasQuant, "apq": APQBiasQuant}
-_ACT_QUANTS = {"sq": SQActQuant, "aq": AQActQuant, "apq": APQActQuant}
 
 
 class PlanError(ValueError):
@@ -302,13 +287,13 @@ class BitPlan:
             raise _unknown("layer", layer, LAYERS)
         spec = self.layers[layer]
         return {
-            "weight_quant": _WEIGHT_QUANTS[spec.weight.scheme],
+            "weight_quant": SCHEME_QUANTIZERS[spec.weight.scheme].weight,
             "weight_bit_width": spec.weight.bits,
             "weight_symmetry_threshold": spec.weight.threshold,
-            "bias_quant": _BIAS_QUANTS[spec.bias.scheme],
+            "bias_quant": SCHEME_QUANTIZERS[spec.bias.scheme].bias,
             "bias_bit_width": spec.bias.bits,
             "bias_symmetry_threshold": spec.bias.threshold,
-            "output_quant": _ACT_QUANTS[spec.output.scheme],
+            "output_quant": SCHEME_QUANTIZERS[spec.output.scheme].act,
             "output_bit_width": spec.output.bits,
             "output_symmetry_threshold": spec.output.threshold,
             "return_quant_tensor": False,
@@ -319,7 +304,9 @@ class BitPlan:
         if name not in self.activations:
             raise _unknown("activation", name, ACTIVATIONS)
         spec = self.activations[name]
-        quant = UnsignedActQuant if name in UNSIGNED_ACTIVATIONS else _ACT_QUANTS[spec.scheme]
+        quant = (
+            UnsignedActQuant if name in UNSIGNED_ACTIVATIONS else SCHEME_QUANTIZERS[spec.scheme].act
+        )
         return {
             "act_quant": quant,
             "bit_width": spec.bits,

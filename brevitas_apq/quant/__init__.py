@@ -2,6 +2,7 @@
 
 from brevitas_apq.quant.core import AdaptiveIntQuant, SymmetryRecord, mark_batch, symmetry_metric
 from brevitas_apq.quant.injectors import (
+    SCHEME_QUANTIZERS,
     AdaptiveCore,
     APQActQuant,
     APQBiasQuant,
@@ -21,6 +22,7 @@ __all__ = [
     "MAX_BIT_WIDTH",
     "MIN_BIT_WIDTH",
     "SCHEMES",
+    "SCHEME_QUANTIZERS",
     "APQActQuant",
     "APQBiasQuant",
     "APQWeightQuant",

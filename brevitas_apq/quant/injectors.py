@@ -28,6 +28,8 @@ Grids (static per class, read once by Brevitas and exported as ``signed`` / ``na
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from brevitas.core.function_wrapper import Identity, TensorClamp
 from brevitas.core.scaling import ScalingPerOutputType
 from brevitas.inject import ExtendedInjector
@@ -37,6 +39,7 @@ from brevitas.quant.solver import ActQuantSolver, BiasQuantSolver, WeightQuantSo
 from brevitas_apq.quant.core import AdaptiveIntQuant
 
 __all__ = [
+    "SCHEME_QUANTIZERS",
     "APQActQuant",
     "APQBiasQuant",
     "APQWeightQuant",
@@ -180,3 +183,19 @@ class APQActQuant(Adaptive, IntQuant, RuntimeStats, AdaptiveCore, ActQuantSolver
 
 class UnsignedActQuant(Symmetric, UintQuant, RuntimeStats, AdaptiveCore, ActQuantSolver):
     """Unsigned activation quantiser with zero point 0, for one-sided tensors (after ReLU)."""
+
+
+class SchemeQuantizers(NamedTuple):
+    """The weight, bias and activation quantisers of one scheme."""
+
+    weight: type
+    bias: type
+    act: type
+
+
+#: ``"sq" | "aq" | "apq"`` -> the quantisers of that scheme (used by bit plans).
+SCHEME_QUANTIZERS = {
+    "sq": SchemeQuantizers(SQWeightQuant, SQBiasQuant, SQActQuant),
+    "aq": SchemeQuantizers(AQWeightQuant, AQBiasQuant, AQActQuant),
+    "apq": SchemeQuantizers(APQWeightQuant, APQBiasQuant, APQActQuant),
+}

@@ -15,15 +15,11 @@ from hypothesis import strategies as st
 
 from brevitas_apq.export import export_qonnx_model, run_qonnx
 from brevitas_apq.quant import (
+    SCHEME_QUANTIZERS,
     AdaptiveIntQuant,
     APQActQuant,
-    APQBiasQuant,
     APQWeightQuant,
-    AQActQuant,
-    AQBiasQuant,
-    AQWeightQuant,
     SQActQuant,
-    SQBiasQuant,
     SQWeightQuant,
     UnsignedActQuant,
     mark_batch,
@@ -32,11 +28,7 @@ from brevitas_apq.quant import (
     symmetry_metric,
 )
 
-QUANTS = {
-    "sq": (SQWeightQuant, SQBiasQuant, SQActQuant),
-    "aq": (AQWeightQuant, AQBiasQuant, AQActQuant),
-    "apq": (APQWeightQuant, APQBiasQuant, APQActQuant),
-}
+QUANTS = SCHEME_QUANTIZERS
 
 
 def make_core(scheme: str, bits: int, narrow: bool = False, signed: bool = True, **kwargs):
