@@ -24,6 +24,8 @@ from brevitas_apq.training import (
 )
 from tests.helpers import csv_data
 
+# The small grid of these tests: two configurations plus one threshold-sweep run, one seed.
+GRID = {"bits": ["all-4"], "schemes": ["all-sq", "sq-apq"], "seeds": 1, "thresholds": [0.0]}
 TINY = TrainConfig(float_epochs=1, qat_epochs=1, max_batches=2, batch_size=32)
 
 
@@ -63,16 +65,7 @@ def test_float_init_gives_the_same_result_as_a_full_run(tmp_path, data):
 def grid(tmp_path_factory, data):
     out = tmp_path_factory.mktemp("grid")
     lines: list[str] = []
-    result = reproduce(
-        out,
-        bits=["all-4"],
-        schemes=["all-sq", "sq-apq"],
-        seeds=1,
-        thresholds=[0.0],
-        train=TINY,
-        data=data,
-        log=lines.append,
-    )
+    result = reproduce(out, **GRID, train=TINY, data=data, log=lines.append)
     return out, result, lines
 
 
@@ -127,16 +120,7 @@ def test_grid_resumes_without_redoing_finished_runs(grid, data):
     (apq_dir / "metrics.json").unlink()
     (apq_dir / MODEL_FILE).unlink()
     lines: list[str] = []
-    again = reproduce(
-        out,
-        bits=["all-4"],
-        schemes=["all-sq", "sq-apq"],
-        seeds=1,
-        thresholds=[0.0],
-        train=TINY,
-        data=data,
-        log=lines.append,
-    )
+    again = reproduce(out, **GRID, train=TINY, data=data, log=lines.append)
     assert sum("done before, kept" in line for line in lines) == 3
     assert (config_dir / "metrics.json").read_text() == before
     resumed = json.loads((apq_dir / "metrics.json").read_text())

@@ -203,6 +203,27 @@ def make_mlp(path: Path | str, seed: int = 0) -> tuple[Path, tuple[int, ...]]:
     return export(model, shape, path), shape
 
 
+class SinBetween(nn.Module):
+    """A quantised MLP with a ``Sin`` between its layers: an operator FINN cannot map."""
+
+    def __init__(self):
+        super().__init__()
+        self.q0 = QuantIdentity(act_quant=Int8ActPerTensorFloat)
+        self.l1 = QuantLinear(8, 8, bias=False, weight_quant=Int8WeightPerTensorFloat)
+        self.q1 = QuantIdentity(act_quant=Int8ActPerTensorFloat)
+        self.l2 = QuantLinear(8, 2, bias=False, weight_quant=Int8WeightPerTensorFloat)
+
+    def forward(self, x):
+        return self.l2(self.q1(torch.sin(self.l1(self.q0(x)))))
+
+
+def make_unmappable(path: Path | str) -> Path:
+    """Export a calibrated :class:`SinBetween` to ``path``."""
+    model = SinBetween()
+    calibrate(model, (1, 8))
+    return export(model, (1, 8), path)
+
+
 def make_transformer(
     path: Path | str, seed: int = 0, zero_points: bool = False, wbits: int = 4, norm="batch"
 ) -> tuple[Path, tuple[int, ...]]:

@@ -10,8 +10,6 @@ import finn_flow_models as models
 import numpy as np
 import pytest
 import torch
-from brevitas.nn import QuantIdentity, QuantLinear
-from brevitas.quant import Int8ActPerTensorFloat, Int8WeightPerTensorFloat
 from torch import nn
 
 pytest.importorskip("finn")
@@ -90,22 +88,8 @@ def test_float_model_without_quant_nodes(tmp_path):
         build(path, tmp_path / "out")
 
 
-class _SinBetween(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.q0 = QuantIdentity(act_quant=Int8ActPerTensorFloat)
-        self.l1 = QuantLinear(8, 8, bias=False, weight_quant=Int8WeightPerTensorFloat)
-        self.q1 = QuantIdentity(act_quant=Int8ActPerTensorFloat)
-        self.l2 = QuantLinear(8, 2, bias=False, weight_quant=Int8WeightPerTensorFloat)
-
-    def forward(self, x):
-        return self.l2(self.q1(torch.sin(self.l1(self.q0(x)))))
-
-
 def test_unmappable_operator_names_op_and_node(tmp_path):
-    model = _SinBetween()
-    models.calibrate(model, (1, 8))
-    path = models.export(model, (1, 8), tmp_path / "sin.onnx")
+    path = models.make_unmappable(tmp_path / "sin.onnx")
     with pytest.raises(FinnFlowError, match=r"Sin node '.*'"):
         build(path, tmp_path / "out")
 

@@ -16,8 +16,6 @@ from typer.testing import CliRunner
 
 pytest.importorskip("finn")
 
-from brevitas.nn import QuantIdentity, QuantLinear
-from brevitas.quant import Int8ActPerTensorFloat, Int8WeightPerTensorFloat
 
 from brevitas_apq.cli import app
 from brevitas_apq.finn_bridge import build_run
@@ -209,24 +207,10 @@ def test_cli_build_unreachable_fps_warns(mlp_model, tmp_path):
     assert "warning:" in result.output and "not reached" in result.output
 
 
-class _SinBetween(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.q0 = QuantIdentity(act_quant=Int8ActPerTensorFloat)
-        self.l1 = QuantLinear(8, 8, bias=False, weight_quant=Int8WeightPerTensorFloat)
-        self.q1 = QuantIdentity(act_quant=Int8ActPerTensorFloat)
-        self.l2 = QuantLinear(8, 2, bias=False, weight_quant=Int8WeightPerTensorFloat)
-
-    def forward(self, x):
-        return self.l2(self.q1(torch.sin(self.l1(self.q0(x)))))
-
-
 def test_cli_build_unmappable_operator(tmp_path):
     import finn_flow_models as models
 
-    model = _SinBetween()
-    models.calibrate(model, (1, 8))
-    path = models.export(model, (1, 8), tmp_path / "sin.onnx")
+    path = models.make_unmappable(tmp_path / "sin.onnx")
     _one_line_error(
         _invoke("build", str(path), "--out", str(tmp_path / "o")), "Sin node", "cannot map"
     )
