@@ -295,10 +295,8 @@ class AdaptiveIntQuant(nn.Module):
                 self._observe(x)
             if self.runtime_stats and int(self.num_updates) == 0:
                 lo, hi = self._pending  # the very first mini-batch: its own range so far
-            elif self.runtime_stats:
+            else:  # parameters: _observe just stored this tensor's own range
                 lo, hi = self.running_min, self.running_max
-            else:
-                lo, hi = x.detach().aminmax()
         else:
             lo, hi = self._frozen_range(x)
         scale, zero_point = self.scale_zero_point(lo, hi)
