@@ -43,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = DataSpec().load()
-    X, y = torch.from_numpy(data.X_train), torch.from_numpy(data.y_train)
+    X, y = torch.from_numpy(data.X_train), torch.from_numpy(data.model_target("train"))
     cfg = ModelConfig(n_features=data.n_features)
     torch.manual_seed(0)
     float_s = epoch_seconds(TimeSeriesTransformer(cfg), X, y, args.batch)

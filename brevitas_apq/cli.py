@@ -65,6 +65,14 @@ DataOpt = Annotated[
         help="Data set: 'beijing' (embedded default), 'airu:PATH' or 'csv:PATH'.",
     ),
 ]
+PredictOpt = Annotated[
+    str,
+    typer.Option(
+        "--predict",
+        help="What the model outputs: 'change' (from the last hour; the forecast adds the last "
+        "observed value back) or 'level' (the target itself).",
+    ),
+]
 PlanOpt = Annotated[
     str,
     typer.Option(
@@ -138,6 +146,7 @@ def print_metrics(metrics: dict, title: str) -> None:
 def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")] = Path("runs/train"),
     data: DataOpt = "beijing",
+    predict: PredictOpt = "change",
     plan: PlanOpt = "mixed-4-8/sq-apq",
     threshold: Annotated[float, typer.Option(help="APQ symmetry threshold (presets).")] = 0.1,
     epochs: Annotated[int, typer.Option(help="Max float epochs.")] = 30,
@@ -184,7 +193,7 @@ def train(
     )
     metrics = train_run(
         out,
-        data=DataSpec(data, window, horizon, options=options),
+        data=DataSpec(data, window, horizon, options=options, predict=predict),
         plan=BitPlan.parse(plan, threshold=threshold),
         train=TrainConfig(
             float_epochs=epochs,
@@ -343,6 +352,7 @@ def reproduce(
     ] = False,
     board: Annotated[str | None, typer.Option(help="FINN board (with --finn).")] = None,
     data: DataOpt = "beijing",
+    predict: PredictOpt = "change",
     target: Annotated[str | None, typer.Option(help="csv/airu: target column.")] = None,
     timestamp: Annotated[str | None, typer.Option(help="csv: timestamp column.")] = None,
     progress: Annotated[bool, typer.Option(help="Progress bars of each run.")] = False,
@@ -377,7 +387,7 @@ def reproduce(
             patience=patience,
             batch_size=batch_size,
         ),
-        data=DataSpec(data, options=options),
+        data=DataSpec(data, options=options, predict=predict),
         jobs=jobs,
         finn=finn,
         finn_board=board,
@@ -592,6 +602,7 @@ def search(
         int | None, typer.Option(help="Sampler seed (default: random per worker).")
     ] = None,
     data: DataOpt = "beijing",
+    predict: PredictOpt = "change",
     target: Annotated[str | None, typer.Option(help="csv/airu: target column.")] = None,
     timestamp: Annotated[str | None, typer.Option(help="csv: timestamp column.")] = None,
     progress: Annotated[bool, typer.Option(help="Progress bars of each run.")] = False,
@@ -625,7 +636,7 @@ def search(
             patience=patience,
             seed=seed,
         ),
-        data=DataSpec(data, options=options),
+        data=DataSpec(data, options=options, predict=predict),
         sampler=sampler,
         sampler_seed=sampler_seed,
         progress=progress,

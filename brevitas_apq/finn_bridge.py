@@ -62,11 +62,17 @@ def _run_reference(run_dir: Path, windows: int) -> dict[str, Any]:
     X = np.asarray(dataset.X_test[:n], dtype=np.float32)
     with torch.no_grad():
         brevitas = quant_model.eval()(torch.from_numpy(X)).numpy().reshape(-1)
+
+    def forecast_in_target_units(outputs: np.ndarray) -> np.ndarray:
+        """Model outputs for the windows ``X`` -> forecasts in target units (the host side:
+        add the last observed value back for ``predict="change"``, undo the scaling)."""
+        return dataset.inverse_target(dataset.forecast(outputs, X))
+
     return {
         "X": X,
-        "y": np.asarray(dataset.y_test[:n], dtype=np.float32),
+        "truth": dataset.inverse_target(dataset.y_test[:n]).reshape(-1),
         "brevitas": brevitas,
-        "inverse": dataset.inverse_target,
+        "forecast": forecast_in_target_units,
         "source": f"first {n} test windows of {run_dir}",
     }
 
@@ -163,9 +169,9 @@ def build_model(
             emu["qonnx_vs_brevitas_max_abs_diff"] = float(
                 np.abs(expected.astype(np.float64) - brev).max()
             )
-            truth = ref["inverse"](ref["y"]).reshape(-1)
-            pred = ref["inverse"](emulated.reshape(-1))
-            pred_brev = ref["inverse"](brev.reshape(-1))
+            truth = ref["truth"]
+            pred = ref["forecast"](emulated.reshape(-1))
+            pred_brev = ref["forecast"](brev.reshape(-1))
             emu["rmse_target_units"] = float(np.sqrt(np.mean((pred - truth) ** 2)))
             emu["brevitas_rmse_target_units"] = float(np.sqrt(np.mean((pred_brev - truth) ** 2)))
             if emu["max_abs_diff_vs_brevitas"] > tolerance:

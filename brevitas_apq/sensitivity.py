@@ -157,7 +157,7 @@ def qat_from_float(
     """
     model.load_float_weights(float_model)
     X = torch.from_numpy(dataset.X_train)
-    y = torch.from_numpy(dataset.y_train)
+    y = torch.from_numpy(dataset.model_target("train"))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     best, best_val, history = None, None, []
     budget = TrainConfig(batch_size=batch_size, seed=seed, max_batches=max_batches or None)

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from brevitas_apq import io, plots
 from brevitas_apq.analysis import float_size_bits, model_size_bits, operation_counts
-from brevitas_apq.data import WindowedDataset, load_dataset, prepare_dataset
+from brevitas_apq.data import PREDICT_MODES, WindowedDataset, load_dataset, prepare_dataset
 from brevitas_apq.models import ModelConfig, TimeSeriesTransformer
 from brevitas_apq.plans import BitPlan
 from brevitas_apq.quant import iter_quantizers, scheme_decisions, symmetry_history
@@ -103,17 +103,33 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class DataSpec:
-    """Where the data comes from and how it is windowed; saved so a run can be reloaded."""
+    """Where the data comes from, how it is windowed and what the model predicts; saved so a
+    run can be reloaded.
+
+    ``predict="change"`` (the default): the model outputs the change of the target from the
+    window's last hour and the forecast adds that last value back (see
+    ``brevitas_apq.data.windows``); ``"level"``: the model outputs the target itself. Measured
+    on the embedded data, the README's "What the model predicts" section.
+    """
 
     dataset: str = "beijing"
     window: int = 24
     horizon: int = 1
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
     options: tuple[tuple[str, Any], ...] = ()  # loader options (csv: target, delimiter, ...)
+    predict: str = "change"
+
+    def __post_init__(self) -> None:
+        if self.predict not in PREDICT_MODES:
+            raise RunError(
+                f"predict={self.predict!r} is invalid; valid: {', '.join(PREDICT_MODES)}"
+            )
 
     def load(self) -> WindowedDataset:
         series = load_dataset(self.dataset, **dict(self.options))
-        return prepare_dataset(series, window=self.window, horizon=self.horizon, split=self.split)
+        return prepare_dataset(
+            series, window=self.window, horizon=self.horizon, split=self.split, predict=self.predict
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -122,6 +138,7 @@ class DataSpec:
             "horizon": self.horizon,
             "split": list(self.split),
             "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.options},
+            "predict": self.predict,
         }
 
     @classmethod
@@ -129,7 +146,15 @@ class DataSpec:
         options = tuple(
             (k, tuple(v) if isinstance(v, list) else v) for k, v in data["options"].items()
         )
-        return cls(data["dataset"], data["window"], data["horizon"], tuple(data["split"]), options)
+        return cls(
+            data["dataset"],
+            data["window"],
+            data["horizon"],
+            tuple(data["split"]),
+            options,
+            # Runs saved before ``predict`` existed were trained on the level.
+            data.get("predict", "level"),
+        )
 
 
 def _rmse(a: np.ndarray, b: np.ndarray) -> float:
@@ -149,7 +174,7 @@ def predict(model: nn.Module, X: np.ndarray) -> np.ndarray:
 def evaluate(model: nn.Module, data: WindowedDataset, split: str) -> dict[str, float]:
     """RMSE and MAE in target units and RMSE on the min-max scaled target, for ``split``."""
     X, y, _ = data.arrays(split)
-    pred = predict(model, X)
+    pred = data.forecast(predict(model, X), X)
     truth, forecast = data.inverse_target(y), data.inverse_target(pred)
     return {
         "rmse": _rmse(forecast, truth),
@@ -302,9 +327,15 @@ def train_float(
     )
 
 
-def load_float_state(source: str | Path | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def load_float_state(
+    source: str | Path | Mapping[str, torch.Tensor], data: DataSpec | None = None
+) -> dict[str, torch.Tensor]:
     """Float-model weights from a state dict, a finished run directory (its ``model.pt``), a
-    ``model.pt`` file or a ``.pt`` file holding a plain state dict."""
+    ``model.pt`` file or a ``.pt`` file holding a plain state dict.
+
+    With ``data``, a run's weights are refused unless that run used the same data settings
+    (weights trained to predict the level are no start for a run that predicts the change).
+    """
     if isinstance(source, Mapping):
         return {k: v.detach().clone() for k, v in source.items()}
     path = Path(source)
@@ -317,6 +348,17 @@ def load_float_state(source: str | Path | Mapping[str, torch.Tensor]) -> dict[st
         )
     saved = torch.load(path, weights_only=True)
     if isinstance(saved, Mapping) and "float_state_dict" in saved:
+        if data is not None and "data" in saved:
+            theirs = DataSpec.from_dict(saved["data"]).to_dict()
+            differ = {
+                k: (v, data.to_dict()[k]) for k, v in theirs.items() if data.to_dict()[k] != v
+            }
+            if differ:
+                listing = "; ".join(f"{k}: {a!r} there, {b!r} here" for k, (a, b) in differ.items())
+                raise RunError(
+                    f"float_init {str(path)!r} was trained with other data settings ({listing}); "
+                    "train the float model with the same data options"
+                )
         saved = saved["float_state_dict"]
     if not isinstance(saved, Mapping) or not all(
         isinstance(v, torch.Tensor) for v in saved.values()
@@ -363,7 +405,7 @@ def _train_run(
         "plan": plan.to_dict(),
         "train": dataclasses.asdict(train),
     }
-    float_state = None if float_init is None else load_float_state(float_init)
+    float_state = None if float_init is None else load_float_state(float_init, data)
     if float_state is not None:
         run["float_init"] = state_fingerprint(float_state)
     state: dict[str, Any] = {
@@ -387,7 +429,7 @@ def _train_run(
         float_model.load_state_dict(float_state)  # checks the shapes against this model
         state["phases"]["float"].update(done=True, best=float_state)
     X_train = torch.from_numpy(dataset.X_train)
-    y_train = torch.from_numpy(dataset.y_train)
+    y_train = torch.from_numpy(dataset.model_target("train"))
 
     def save_checkpoint() -> None:
         io.torch_save(ckpt_path, state)
@@ -519,6 +561,7 @@ def _finish(
         "plan": plan.name,
         "dataset": data.dataset,
         "target": dataset.target,
+        "predict": data.predict,
         "features": list(dataset.features),
         "n_train": dataset.n_train,
         "n_val": dataset.n_val,
@@ -547,13 +590,16 @@ def _finish(
     io.write_csv(out / "symmetry.csv", sym)
     plots.learning_curves(history, out / "learning_curves.png")
     stretch = slice(0, min(24 * 14, len(truth)))  # two weeks of hourly test forecasts
+    X_shown = dataset.X_test[stretch]
     plots.forecast(
         t_test[stretch],
         truth[stretch],
         {
-            "float": dataset.inverse_target(predict(float_model, dataset.X_test[stretch])),
+            "float": dataset.inverse_target(
+                dataset.forecast(predict(float_model, X_shown), X_shown)
+            ),
             f"QAT {plan.name}": dataset.inverse_target(
-                predict(quant_model, dataset.X_test[stretch])
+                dataset.forecast(predict(quant_model, X_shown), X_shown)
             ),
         },
         out / "forecast.png",

@@ -5,11 +5,14 @@ Public API::
     load_dataset(spec, **csv_options)   # "beijing" | "airu:PATH" | "csv:PATH"
     load_beijing() / load_airu(path) / load_csv(path, target=..., ...)  -> TimeSeries
     make_windows(series, window=24, horizon=1)                           -> Windows
-    prepare_dataset(series, window=24, horizon=1, split=(0.7, 0.15, 0.15)) -> WindowedDataset
+    prepare_dataset(series, window=24, horizon=1, split=(0.7, 0.15, 0.15), predict="level")
+                                                                         -> WindowedDataset
     DataError (a ValueError): every bad-input problem, with a message saying how to fix it
 
 Default task (embedded Beijing PM2.5 data): forecast ``pm2.5`` one hour ahead from the previous
-24 hours of all columns (``pm2.5`` itself first, weather, one-hot wind direction).
+24 hours of all columns (``pm2.5`` itself first, weather, one-hot wind direction). Training
+runs (``brevitas_apq.training.DataSpec``) have the model predict the change from the last hour
+(``predict="change"``, see ``windows``); ``prepare_dataset`` defaults to the plain level.
 
 Example::
 
@@ -32,6 +35,7 @@ from .sources import (
     load_dataset,
 )
 from .windows import (
+    PREDICT_MODES,
     SPLITS,
     MinMaxScaler,
     WindowedDataset,
@@ -44,6 +48,7 @@ __all__ = [
     "BEIJING_FILE",
     "BEIJING_SHA256",
     "DATASET_SPECS",
+    "PREDICT_MODES",
     "SPLITS",
     "DataError",
     "MinMaxScaler",

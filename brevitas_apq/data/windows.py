@@ -17,6 +17,18 @@ Conventions (all documented here once, relied on by training and evaluation):
   ever a train input or label and val/test inputs never reuse train rows.
 * The scaler is fitted on the train windows' rows only (input rows for each feature, plus the
   label rows for the target), so train values span exactly [0, 1]; val/test may fall outside.
+* What the model outputs (``predict``): ``"level"``, the scaled target itself, or ``"change"``,
+  the scaled change of the target from the window's last input step to the label
+  (``y - X[:, -1, target]``). With ``"change"`` the forecast is that last observed value plus
+  the model's output (:meth:`WindowedDataset.forecast`), the differencing of classical
+  forecasting and the last-value normalisation of NLinear (Zeng et al., AAAI 2023). ``y_*``
+  always hold the level; :meth:`WindowedDataset.model_target` gives what the model is trained
+  on. Why it matters for quantisation: at one hour ahead most of the forecast is the last
+  value (persistence is within a few per cent of the best models), and with ``"level"`` that
+  value has to travel through every quantised activation of the network, whose ranges it
+  shares with everything else; at 4 bits it is carried with a step of tens of µg/m³. With
+  ``"change"`` the last value goes around the quantised datapath (the host adds it, as it
+  undoes the min-max scaling) and the network only has to produce the correction.
 
 Example::
 
@@ -43,6 +55,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from .series import DataError, TimeSeries, _listing
 
 __all__ = [
+    "PREDICT_MODES",
     "SPLITS",
     "MinMaxScaler",
     "WindowedDataset",
@@ -53,6 +66,7 @@ __all__ = [
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
+PREDICT_MODES = ("level", "change")
 
 
 # --------------------------------------------------------------------------------------------
@@ -300,7 +314,9 @@ class WindowedDataset:
     train min/max, i.e. the same units as its input column), ``t_*`` the label timestamps.
     ``split_times = (val_start, test_start)``: train windows use only rows before
     ``val_start``, val windows only rows in ``[val_start, test_start)``, test windows only rows
-    from ``test_start``.
+    from ``test_start``. ``predict`` is what the model outputs (``"level"`` or ``"change"``,
+    see the module docstring): train on :meth:`model_target`, turn outputs into forecasts with
+    :meth:`forecast`.
     """
 
     X_train: np.ndarray
@@ -320,11 +336,13 @@ class WindowedDataset:
     name: str
     split_times: tuple[pd.Timestamp, pd.Timestamp]
     n_dropped: int  # valid windows dropped because they straddle a split boundary
+    predict: str = "level"
     n_train: int = field(init=False)
     n_val: int = field(init=False)
     n_test: int = field(init=False)
 
     def __post_init__(self) -> None:
+        _check_predict(self.predict, self.features, self.target)
         for split in SPLITS:
             object.__setattr__(self, f"n_{split}", len(getattr(self, f"y_{split}")))
 
@@ -351,6 +369,24 @@ class WindowedDataset:
         """Scaled target values (labels or predictions, any shape) back in target units."""
         return self.scaler.inverse_column(y_scaled, self.target)
 
+    def _last_target(self, X: np.ndarray) -> np.ndarray:
+        if self.predict == "level":
+            return np.zeros(len(X), np.float32)
+        return np.asarray(X)[:, -1, self.target_index]
+
+    def model_target(self, split: Split) -> np.ndarray:
+        """What the model is trained to output for ``split`` (scaled): the label itself
+        (``"level"``) or its change from the window's last input step (``"change"``)."""
+        X, y, _ = self.arrays(split)
+        return (y - self._last_target(X)).astype(np.float32)
+
+    def forecast(self, output: np.typing.ArrayLike, X: np.ndarray) -> np.ndarray:
+        """Scaled forecasts from model ``output`` for windows ``X``: the output itself
+        (``"level"``) or the window's last target value plus the output (``"change"``).
+        ``inverse_target`` of the result is in target units."""
+        output = np.asarray(output, np.float32).reshape(-1)
+        return output + self._last_target(X)
+
     def persistence(self, split: Split) -> np.ndarray:
         """Naive forecast in scaled units: the target's value at each window's last step.
 
@@ -363,6 +399,18 @@ class WindowedDataset:
                 f"features are {_listing(self.features)}."
             )
         return X[:, -1, self.target_index].copy()
+
+
+def _check_predict(predict: object, features: Sequence[str], target: str) -> str:
+    if predict not in PREDICT_MODES:
+        raise DataError(f"predict={predict!r} is invalid; valid: {', '.join(PREDICT_MODES)}.")
+    if predict == "change" and target not in features:
+        raise DataError(
+            f"predict='change' adds the model's output to the last observed {target!r}, but "
+            f"{target!r} is not an input feature (features: {_listing(features)}); add it to "
+            "the features or use predict='level'."
+        )
+    return predict  # type: ignore[return-value]
 
 
 def _check_split(split: Sequence[float]) -> tuple[float, float, float]:
@@ -392,10 +440,13 @@ def prepare_dataset(
     window: int = 24,
     horizon: int = 1,
     split: Sequence[float] = (0.7, 0.15, 0.15),
+    predict: str = "level",
 ) -> WindowedDataset:
     """Window, split chronologically (train / val / test) and min-max scale a series.
 
-    See the module docstring for the exact rules. In short: valid windows are cut by count
+    ``predict`` is what the model will output, ``"level"`` or ``"change"`` (from the last
+    input step; needs the target among the features). See the module docstring for the exact
+    rules. In short: valid windows are cut by count
     into ``split`` fractions in label-time order; windows straddling a cut are dropped so the
     three periods share no row; the scaler is fitted on the train rows only.
 
@@ -408,6 +459,7 @@ def prepare_dataset(
     """
     window, horizon = _check_window_args(window, horizon)
     fractions = _check_split(split)
+    _check_predict(predict, series.features, series.target)
     lay = _layout(series, window, horizon, needed=3, why="a train/val/test split")
     ends, n_rows = lay.ends, len(lay.index)
     starts, labels = ends - window + 1, ends + horizon
@@ -471,4 +523,5 @@ def prepare_dataset(
         name=series.name,
         split_times=(lay.index[cut1], lay.index[cut2]),
         n_dropped=int((~keep).sum()),
+        predict=predict,
     )

@@ -293,6 +293,32 @@ def test_persistence_is_last_target_input() -> None:
         no_target.persistence("val")
 
 
+def test_predict_change_trains_on_the_change_and_adds_the_last_value_back() -> None:
+    rng = np.random.default_rng(3)
+    series = make_series(rng.gamma(2.0, 30.0, size=200))
+    level = prepare_dataset(series, window=5, horizon=2)
+    change = prepare_dataset(series, window=5, horizon=2, predict="change")
+    assert level.predict == "level" and change.predict == "change"
+    for split in ("train", "val", "test"):
+        X, y, _ = change.arrays(split)
+        # labels stay levels; the model target is the change from the window's last input step
+        np.testing.assert_array_equal(y, level.arrays(split)[1])
+        np.testing.assert_allclose(change.model_target(split), y - X[:, -1, 0], atol=1e-7)
+        np.testing.assert_array_equal(level.model_target(split), y)
+        # forecast() inverts model_target() exactly; a zero output is the persistence forecast
+        np.testing.assert_allclose(change.forecast(change.model_target(split), X), y, atol=1e-6)
+        np.testing.assert_array_equal(change.forecast(np.zeros(len(X)), X), X[:, -1, 0])
+        np.testing.assert_array_equal(level.forecast(np.zeros(len(X)), X), np.zeros(len(X)))
+
+
+def test_predict_errors_name_the_fix() -> None:
+    series = make_series(np.arange(80.0))
+    with pytest.raises(DataError, match="predict='delta' is invalid; valid: level, change"):
+        prepare_dataset(series, window=4, predict="delta")
+    with pytest.raises(DataError, match=r"'y' is not an input feature.*predict='level'"):
+        prepare_dataset(series.with_features(["x"]), window=4, predict="change")
+
+
 def test_minmax_scaler_serialisation_and_constant_column() -> None:
     scaler = MinMaxScaler.fit([[1.0, 7.0], [3.0, 7.0]], columns=("a", "const"))
     np.testing.assert_array_equal(scaler.transform([[2.0, 7.0]]), [[0.5, 0.0]])

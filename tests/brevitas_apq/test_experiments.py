@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pandas as pd
@@ -59,6 +60,13 @@ def test_float_init_gives_the_same_result_as_a_full_run(tmp_path, data):
         )  # fmt: skip
     with pytest.raises(RunError, match="no such file"):
         load_float_state(tmp_path / "missing")
+    # Weights trained to predict the level are no start for a run that predicts the change.
+    level = dataclasses.replace(data, predict="level")
+    with pytest.raises(RunError, match="other data settings \\(predict: 'change' there, 'level'"):
+        train_run(
+            tmp_path / "level", data=level, plan=plan, train=TINY, progress=False,
+            float_init=tmp_path / "float",
+        )  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -14,8 +16,10 @@ from brevitas_apq.export import export_run
 from brevitas_apq.plans import BitPlan
 from brevitas_apq.training import (
     CHECKPOINT,
+    DataSpec,
     RunError,
     TrainConfig,
+    evaluate,
     load_run,
     train_run,
 )
@@ -130,6 +134,32 @@ def test_resume_with_other_settings_is_refused(tmp_path, small_csv):
         train_run(
             tmp_path, data=csv_data(small_csv), plan=other, train=quick, progress=False, resume=True
         )
+
+
+def test_data_spec_predict_round_trip_and_errors():
+    spec = DataSpec("beijing")
+    assert spec.predict == "change"
+    assert DataSpec.from_dict(spec.to_dict()) == spec
+    old = {k: v for k, v in spec.to_dict().items() if k != "predict"}
+    assert DataSpec.from_dict(old).predict == "level"  # runs saved before the option existed
+    with pytest.raises(RunError, match="predict='diff' is invalid; valid: level, change"):
+        DataSpec(predict="diff")
+
+
+def test_evaluate_adds_the_last_value_back_for_change(small_csv):
+    class Zero(torch.nn.Module):
+        def forward(self, x):
+            return torch.zeros(len(x))
+
+    for predict in ("change", "level"):
+        dataset = dataclasses.replace(csv_data(small_csv), predict=predict).load()
+        X, y, _ = dataset.arrays("test")
+        truth = dataset.inverse_target(y)
+        naive = dataset.inverse_target(dataset.persistence("test"))
+        floor = dataset.inverse_target(np.zeros_like(y))
+        expected = naive if predict == "change" else floor
+        rmse = float(np.sqrt(np.mean((expected.astype(np.float64) - truth) ** 2)))
+        assert evaluate(Zero(), dataset, "test")["rmse"] == pytest.approx(rmse, rel=1e-6)
 
 
 def test_qat_from_scratch_does_not_need_float_epochs(tmp_path, small_csv):
