@@ -108,6 +108,7 @@ def print_metrics(metrics: dict, title: str) -> None:
     rows = [
         ("plan", metrics["plan"]),
         ("data set / target", f"{metrics['dataset']} / {metrics['target']}"),
+        ("model predicts", metrics.get("predict", "level")),
         (
             "windows train / val / test",
             f"{metrics['n_train']} / {metrics['n_val']} / {metrics['n_test']}",
