@@ -155,7 +155,7 @@ def train(
     batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 64,
     lr: Annotated[float, typer.Option(help="Adam learning rate (float).")] = 1e-3,
     qat_lr: Annotated[float, typer.Option(help="Adam learning rate (QAT).")] = 1e-3,
-    patience: Annotated[int, typer.Option(help="Early-stopping patience (epochs).")] = 5,
+    patience: Annotated[int, typer.Option(help="Early-stopping patience (epochs).")] = 10,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     qat_from_scratch: Annotated[
         bool, typer.Option(help="Start QAT from random weights instead of the float model.")
@@ -346,7 +346,7 @@ def reproduce(
         typer.Option(help="APQ threshold sweep of sq-apq/all-apq, e.g. 0,0.05,0.1,0.2,0.5,1."),
     ] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Parallel worker processes.")] = 1,
-    patience: Annotated[int, typer.Option(help="Early-stopping patience (epochs).")] = 5,
+    patience: Annotated[int, typer.Option(help="Early-stopping patience (epochs).")] = 10,
     batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 64,
     finn: Annotated[
         bool, typer.Option(help="Add FINN resource estimates (brevitas_apq.finn_bridge).")
@@ -587,7 +587,7 @@ def search(
         int | None, typer.Option(help="Cap on training batches per epoch.")
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 64,
-    patience: Annotated[int, typer.Option(help="Early-stopping patience (epochs).")] = 5,
+    patience: Annotated[int, typer.Option(help="Early-stopping patience (epochs).")] = 10,
     seed: Annotated[int, typer.Option(help="Seed of the float model and of QAT.")] = 0,
     min_bits: Annotated[int, typer.Option(help="Smallest bit width per layer.")] = 2,
     max_bits: Annotated[int, typer.Option(help="Largest bit width per layer.")] = 8,

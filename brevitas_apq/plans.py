@@ -17,13 +17,13 @@ bits, L1-L7 at 4). A bit preset sets the quantisers of the paper's model: the we
 and outputs of the eight linear layers. The extra activation quantisers that only exist to make
 the model integer-deployable on FINN (model input, positional-encoding add, attention scores,
 softmax, context, residual adds, norms, ReLU, pooling) stay at 8 bits in every preset
-(``EXTRA_ACTIVATION_BITS``); a plan file can lower them. Measured on Beijing PM2.5 (post-training
-quantisation of a trained float model, one quantiser at 4 bits, all else at 8; test RMSE against
-19.7 with all at 8): the positional-encoding add at 4 bits gives 86, the pooled features 37, the
-attention residual 35, the model input 26 -- each alone worse than the persistence forecast
-(18.6). The model input quantises data (min-max scaled PM2.5, 0-994 µg/m³: a 4-bit step is
-66 µg/m³), and the shared add quantisers carry the PM2.5 signal, whose informative range is a
-small part of the tensor's range.
+(``EXTRA_ACTIVATION_BITS``); a plan file can lower them. Measured on Beijing PM2.5 (model
+predicting the level; post-training quantisation of a trained float model, one quantiser at 4
+bits, all else at 8; test RMSE against 19.7 with all at 8): the positional-encoding add at 4
+bits gives 86, the pooled features 37, the attention residual 35, the model input 26 -- each
+alone worse than the persistence forecast (18.6). The model input quantises data (min-max
+scaled PM2.5, 0-994 µg/m³: a 4-bit step is 66 µg/m³), and the shared add quantisers carry the
+PM2.5 signal, whose informative range is a small part of the tensor's range.
 
 Scheme presets: ``all-sq``, ``all-aq``, ``sq-aq`` (SQ for weights and biases, AQ for
 activations), ``sq-apq`` (SQ for weights and biases, APQ for activations) and ``all-apq``.
