@@ -357,11 +357,18 @@ def plot_pareto(trials: pd.DataFrame, pareto: pd.DataFrame, path: Path) -> Path:
 
 
 def write_outputs(study, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    trials = trials_frame(study)
-    pareto = pareto_frame(study)
-    io.write_csv(out / "trials.csv", trials)
-    io.write_csv(out / "pareto.csv", pareto)
-    plot_pareto(trials, pareto, out / "pareto.png")
+    """Write ``trials.csv``, ``pareto.csv`` and ``pareto.png`` from the study's current state.
+
+    Under a lock, reading the study inside it: with several workers, the last one to write has
+    read every trial finished before it, so a slower writer never overwrites newer outputs with
+    an older view (it did: two workers, trials.csv with one of two trials).
+    """
+    with file_lock(out / ".outputs.lock"):
+        trials = trials_frame(study)
+        pareto = pareto_frame(study)
+        io.write_csv(out / "trials.csv", trials)
+        io.write_csv(out / "pareto.csv", pareto)
+        plot_pareto(trials, pareto, out / "pareto.png")
     return trials, pareto
 
 
