@@ -286,21 +286,22 @@ def _quickstart_finn(run_dir: Path) -> None:
     from brevitas_apq.finn_bridge import build_run, summary_table
     from finn_flow.errors import EmulationMismatchError
 
+    mismatch = None
     try:
         summary = build_run(run_dir, board="Pynq-Z1")
     except EmulationMismatchError as err:
         # The quickstart's product is the trained, exported and checked model (QONNX against
         # Brevitas is exact, checked above); the FINN part is an estimate, so a hardware-graph
         # mismatch is reported loudly but does not fail the main job. `apq build` fails on it.
-        summary = json.loads((run_dir / "finn" / "summary.json").read_text())
-        board = summary.get("board", "Pynq-Z1")
-        console.print(summary_table(summary, f"apq quickstart: FINN estimate, {board}"))
+        summary, mismatch = json.loads((run_dir / "finn" / "summary.json").read_text()), err
+    board = summary.get("board", "Pynq-Z1")
+    console.print(summary_table(summary, f"apq quickstart: FINN estimate, {board}"))
+    if mismatch is not None:
         err_console.print(
-            f"[bold yellow]warning:[/] {err}\nThe exported QONNX model is unaffected; "
+            f"[bold yellow]warning:[/] {mismatch}\nThe exported QONNX model is unaffected; "
             "see README, Limits: FINN emulation of predict='change' models."
         )
         return
-    console.print(summary_table(summary, f"apq quickstart: FINN estimate, {summary['board']}"))
     console.print(f"FINN reports in {run_dir / 'finn' / 'report'}")
 
 

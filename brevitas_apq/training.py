@@ -352,10 +352,8 @@ def load_float_state(
     saved = torch.load(path, weights_only=True)
     if isinstance(saved, Mapping) and "float_state_dict" in saved:
         if data is not None and "data" in saved:
-            theirs = DataSpec.from_dict(saved["data"]).to_dict()
-            differ = {
-                k: (v, data.to_dict()[k]) for k, v in theirs.items() if data.to_dict()[k] != v
-            }
+            theirs, ours = DataSpec.from_dict(saved["data"]).to_dict(), data.to_dict()
+            differ = {k: (v, ours[k]) for k, v in theirs.items() if ours[k] != v}
             if differ:
                 listing = "; ".join(f"{k}: {a!r} there, {b!r} here" for k, (a, b) in differ.items())
                 raise RunError(
