@@ -14,10 +14,10 @@ past it, so it would stay a float node between hardware layers. The rewrites her
   reaches the next thresholds and the reduction sees integers.
 * :class:`AbsorbScalarMulIntoLayerNorm` (during streamlining): ``LayerNorm(s*x; eps)`` ==
   ``LayerNorm(x; eps/s**2)``, so an affine-free layer norm reads the integer residual sum.
-* :class:`InferGlobalAccPoolFromReduceSum` (hardware conversion): an integer
-  ``ReduceSum`` over the time axis of an ``(N, T, C)`` tensor becomes
-  ``Reshape(N,1,T,C) -> GlobalAccPool -> Reshape``; the reshapes turn into FINN's
-  stream-preserving ``Reshape`` HW op via ``InferReshape``.
+* :class:`InferTimePoolFromReduceSum` (hardware conversion): an integer ``ReduceSum`` over
+  the time axis of a ``(1, T, C)`` tensor becomes ``Reshape -> VVAU (unit weights, kernel
+  T) -> Reshape``; the reshapes turn into FINN's stream-preserving ``Reshape`` HW op via
+  ``InferReshape``. (Not ``GlobalAccPool``: its C++ kernel assumes square images.)
 
 :func:`is_output_dequant_tail` is a filter for ``InferElementwiseBinaryOperation``: it
 keeps the final float scaling (``Mul``/``Add``/``Sub``/``Div`` with a constant, feeding only
@@ -33,6 +33,8 @@ from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.transformation.base import Transformation
 from qonnx.transformation.infer_datatypes import InferDataTypes
 from qonnx.transformation.infer_shapes import InferShapes
+
+from finn_flow.transforms import smallest_int_datatype
 
 _REDUCE_OPS = {"ReduceSum", "ReduceMean"}
 _TAIL_OPS = {"Mul", "Add", "Sub", "Div"}
@@ -149,12 +151,23 @@ class MoveScalarMulPastReduce(Transformation):
         return model, False
 
 
-class InferGlobalAccPoolFromReduceSum(Transformation):
-    """Map an integer ``ReduceSum`` over the time axis of ``(N, T, C)`` to ``GlobalAccPool``.
+class InferTimePoolFromReduceSum(Transformation):
+    """Map an integer ``ReduceSum`` over the time axis of ``(N, T, C)`` to a unit-weight VVAU.
 
-    Produces ``Reshape(N,1,T,C) -> GlobalAccPool(numInputVectors=[N,1,T]) -> Reshape`` to
-    the original output shape; ``InferReshape`` later maps the reshapes to FINN's HW
-    ``Reshape``. Only touches 3D inputs reduced over axis 1 (or -2) with an integer datatype.
+    The identity: ``sum_t x[t, c] = sum_k w[c, k] * v[k, c]`` with all ``w = 1`` and ``v`` the
+    tensor read as one ``(T*C)`` vector in time-major order, i.e. a depthwise
+    ``VectorVectorActivation`` with kernel ``(T, 1)`` on a ``1 x 1`` image. Produces
+    ``Reshape(N,1,1,T*C) -> VVAU(Kernel=[T,1], Channels=C, PE=C, SIMD=1) -> Reshape``; the
+    reshapes become FINN's stream-preserving ``Reshape`` HW op via ``InferReshape``.
+
+    Why not ``GlobalAccPool``: finn-plus generates ``AccPool_Batch<ImgDim = shape[1]>`` and
+    finn-hlslib loops over ``ImgDim * ImgDim`` pixels (square images), so with ``(N,1,T,C)``
+    the C++ kernel (and the FPGA) sums 1 of the ``T`` time steps while FINN's Python
+    execution sums all of them; no 4D layout makes ``T = 24`` square. The VVAU's stream order
+    is ``(C/PE, T, PE)`` when no sliding-window generator feeds it, equal to the tensor's
+    time-major order only with ``PE = C``: :func:`pin_time_pool_folding` keeps it there.
+    FINN estimates its resources (``T`` cycles, ``C`` adders). Only touches 3D inputs
+    reduced over axis 1 (or -2) with an integer datatype.
     """
 
     def apply(self, model: ModelWrapper):
@@ -173,6 +186,8 @@ class InferGlobalAccPoolFromReduceSum(Transformation):
             if not idt.is_integer():
                 continue
             n, t, c = (int(v) for v in shape)
+            if n != 1:
+                continue
             name = node.name or "ReduceSum"
             out_shape = model.get_tensor_shape(node.output[0])
 
@@ -186,26 +201,39 @@ class InferGlobalAccPoolFromReduceSum(Transformation):
                     model.set_tensor_datatype(dst, dtype)
                 return helper.make_node("Reshape", [src, shp], [dst], name=name + suffix), dst
 
-            r_in, in4 = reshape(node.input[0], None, [n, 1, t, c], "_to4d", idt, [n, 1, t, c])
-            acc_dt = DataType.get_smallest_possible(t * (idt.min() if idt.signed() else idt.max()))
+            flat = [1, 1, 1, t * c]
+            r_in, vec = reshape(node.input[0], None, flat, "_to_vector", idt, flat)
+            acc_dt = smallest_int_datatype(int(t * idt.min()), int(t * idt.max()))
+            weights = model.make_new_valueinfo_name()
+            model.set_initializer(weights, np.ones((c, 1, t, 1), dtype=np.float32))
+            model.set_tensor_datatype(weights, DataType["UINT2"])
             pooled = model.make_new_valueinfo_name()
             graph.value_info.append(
-                helper.make_tensor_value_info(pooled, TensorProto.FLOAT, [n, 1, 1, c])
+                helper.make_tensor_value_info(pooled, TensorProto.FLOAT, [1, 1, 1, c])
             )
             model.set_tensor_datatype(pooled, acc_dt)
             pool = helper.make_node(
-                "GlobalAccPool",
-                [in4],
+                "VVAU",
+                [vec, weights],
                 [pooled],
                 domain="finn.custom_op.fpgadataflow",
                 backend="fpgadataflow",
-                NumChannels=c,
-                PE=1,
+                name="TimePool_" + name,
+                PE=c,
+                SIMD=1,
+                Dim=[1, 1],
+                Channels=c,
+                Kernel=[t, 1],
                 inputDataType=idt.name,
-                numInputVectors=[n, 1, t],
-                name="GlobalAccPool_" + name,
+                weightDataType="UINT2",
+                outputDataType=acc_dt.name,
+                accDataType=acc_dt.name,
+                noActivation=1,
+                mem_mode="internal_embedded",
             )
-            r_out, _ = reshape(pooled, node.output[0], list(out_shape), "_from4d", acc_dt, None)
+            r_out, _ = reshape(
+                pooled, node.output[0], list(out_shape), "_from_vector", acc_dt, None
+            )
             idx = list(graph.node).index(node)
             for k, new in enumerate((r_in, pool, r_out)):
                 graph.node.insert(idx + k, new)
@@ -214,7 +242,64 @@ class InferGlobalAccPoolFromReduceSum(Transformation):
         if changed:
             model = model.transform(InferShapes())
             model = model.transform(InferDataTypes())
-        return model, False
+        return model, changed
+
+
+def is_time_pool(model: ModelWrapper, node) -> bool:
+    """A VVAU that no sliding-window generator feeds (built by InferTimePoolFromReduceSum)."""
+    if not node.op_type.startswith("VVAU"):
+        return False
+    producer = model.find_producer(node.input[0])
+    return producer is None or not producer.op_type.startswith("ConvolutionInputGenerator")
+
+
+def pin_time_pool_folding(model: ModelWrapper) -> list[str]:
+    """Set ``PE = Channels, SIMD = 1`` on every time-pool VVAU; names of the nodes changed.
+
+    Its input stream is the tensor in time-major order, which the VVAU reads as
+    ``(C/PE, T, PE)``: only ``PE = C`` (and one kernel element per cycle) keeps the two equal.
+    """
+    from qonnx.custom_op.registry import getCustomOp
+
+    changed = []
+    for node in model.graph.node:
+        if not is_time_pool(model, node):
+            continue
+        inst = getCustomOp(node)
+        want = {"PE": inst.get_nodeattr("Channels"), "SIMD": 1}
+        if any(inst.get_nodeattr(k) != v for k, v in want.items()):
+            for k, v in want.items():
+                inst.set_nodeattr(k, v)
+            changed.append(node.name)
+    return changed
+
+
+class WidenBinaryWeights(Transformation):
+    """Declare ``BINARY`` (0/1) weights of MVAU/VVAU nodes as ``UINT2``.
+
+    FINN's ``MinimizeWeightBitWidth`` gives weights whose values are all 0 or 1 (e.g. the
+    unit weights of :class:`InferTimePoolFromReduceSum`) the datatype ``BINARY``, which
+    finn-plus's HLS code generation rejects outside XNOR mode ("True binary (non-bipolar)
+    inputs not yet supported"). The values are unchanged and lie in ``UINT2``: one more
+    weight bit, exact.
+    """
+
+    def apply(self, model: ModelWrapper):
+        from qonnx.custom_op.registry import getCustomOp
+
+        changed = False
+        for node in model.graph.node:
+            if not node.op_type.startswith(("MVAU", "VVAU")):
+                continue
+            inst = getCustomOp(node)
+            if inst.get_nodeattr("weightDataType") != "BINARY":
+                continue
+            if node.op_type.startswith("MVAU") and inst.get_nodeattr("binaryXnorMode"):
+                continue
+            inst.set_nodeattr("weightDataType", "UINT2")
+            model.set_tensor_datatype(node.input[1], DataType["UINT2"])
+            changed = True
+        return model, changed
 
 
 def is_output_dequant_tail(model: ModelWrapper, node) -> bool:

@@ -58,11 +58,18 @@ def _is_hw(node) -> bool:
 
 # --------------------------------------------------------------------------- frontend steps
 def step_lower_zero_points(model: ModelWrapper, cfg) -> ModelWrapper:
-    """Lower non-zero QONNX zero points exactly (finn_flow.transforms) before FINN's import."""
+    """Exact thresholds for float-input quantisers, then exact zero-point lowering.
+
+    Quantisers that read a float tensor (the model input, float LayerNorm outputs) become
+    correctly rounded thresholds (:mod:`finn_flow.exact_thresholds`, zero points included);
+    the remaining non-zero zero points are lowered by :mod:`finn_flow.transforms`.
+    """
     from qonnx.transformation.infer_shapes import InferShapes
 
+    from finn_flow.exact_thresholds import QuantFloatInputToExactThresholds
     from finn_flow.transforms import LowerZeroPoints, ZeroPointError, quant_nodes_with_zero_point
 
+    model = model.transform(QuantFloatInputToExactThresholds())
     try:
         model = model.transform(LowerZeroPoints())
     except ZeroPointError as exc:
@@ -184,7 +191,7 @@ def step_convert_to_hw_transformer(model: ModelWrapper, cfg) -> ModelWrapper:
 
     Follows ``finn.builder.custom_step_library.transformer_adhoc.step_convert_to_hw``
     (scaled dot-product attention before MVAUs/thresholds, ReplicateStream for forks) and
-    adds ``GlobalAccPool`` for mean pooling over time, ``LayerNorm`` for affine-free layer
+    adds a unit-weight VVAU for mean pooling over time, ``LayerNorm`` for affine-free layer
     norms, and keeps the float output scaling (final ``Mul``/``Add``) in software.
     """
     from finn.transformation.fpgadataflow.attention import InferScaledDotProductAttention
@@ -214,7 +221,7 @@ def step_convert_to_hw_transformer(model: ModelWrapper, cfg) -> ModelWrapper:
     from qonnx.transformation.infer_shapes import InferShapes
 
     from finn_flow.hw_rewrites import (
-        InferGlobalAccPoolFromReduceSum,
+        InferTimePoolFromReduceSum,
         SqueezeToReshape,
         is_output_dequant_tail,
     )
@@ -222,7 +229,7 @@ def step_convert_to_hw_transformer(model: ModelWrapper, cfg) -> ModelWrapper:
     model = model.transform(InferSplitLayer())
     model = model.transform(InferConcatLayer())
     model = model.transform(InferScaledDotProductAttention())
-    model = model.transform(InferGlobalAccPoolFromReduceSum())
+    model = model.transform(InferTimePoolFromReduceSum())
     if cfg.standalone_thresholds:
         model = model.transform(InferThresholdingLayer())
     model = model.transform(InferQuantizedMatrixVectorActivation())
@@ -240,6 +247,21 @@ def step_convert_to_hw_transformer(model: ModelWrapper, cfg) -> ModelWrapper:
     model = model.transform(InferShapes())
     model = model.transform(RoundAndClipThresholds())
     return model.transform(GiveUniqueNodeNames())
+
+
+def _check_float_thresholds(model: ModelWrapper) -> None:
+    """FinnFlowError if a threshold comparing a float tensor is not correctly rounded."""
+    from finn_flow.exact_thresholds import check_float_thresholds
+
+    bad = check_float_thresholds(model)
+    if bad:
+        raise FinnFlowError(
+            f"Thresholds that compare a float tensor are not correctly rounded at node(s) "
+            f"{', '.join(bad)}: a quantiser reads a float tensor that is neither the model input "
+            "nor a LayerNorm output (through scalar Add/Sub/Mul/Div at most), so FINN's float32 "
+            "thresholds can put inputs on the wrong level. Quantise that tensor's producer, or "
+            "move the float operation behind a quantiser."
+        )
 
 
 def unmapped_nodes(model: ModelWrapper) -> tuple[list, list]:
@@ -277,7 +299,8 @@ def _role(model: ModelWrapper, node) -> str:
 
 
 def step_check_hw_mapping(model: ModelWrapper, cfg) -> ModelWrapper:
-    """Fail with the op and node name if a node between HW layers stayed unmapped."""
+    """Fail with the op and node name if a node between HW layers stayed unmapped, or if a
+    threshold comparing a float tensor is not correctly rounded."""
     inner, outer = unmapped_nodes(model)
     if not any(_is_hw(n) for n in model.graph.node):
         raise FinnFlowError(
@@ -292,6 +315,7 @@ def step_check_hw_mapping(model: ModelWrapper, cfg) -> ModelWrapper:
         raise FinnFlowError(
             f"FINN cannot map {len(inner)} operator(s) between hardware layers: {details}."
         )
+    _check_float_thresholds(model)
     if outer:
         log.info("left in software: %s", ", ".join(f"{n.op_type}:{n.name}" for n in outer))
     # what step_create_dataflow_partition will leave outside (it saves its parent model only
@@ -302,6 +326,18 @@ def step_check_hw_mapping(model: ModelWrapper, cfg) -> ModelWrapper:
         json.dumps([{"op": n.op_type, "name": n.name, "role": _role(model, n)} for n in outer])
     )
     return model
+
+
+def _minimize_then_widen_binary(finn_step: Step) -> Step:
+    """finn-plus's bit-width minimisation step, then :class:`WidenBinaryWeights` (same name)."""
+
+    @functools.wraps(finn_step)
+    def step(model: ModelWrapper, cfg) -> ModelWrapper:
+        from finn_flow.hw_rewrites import WidenBinaryWeights
+
+        return finn_step(model, cfg).transform(WidenBinaryWeights())
+
+    return step
 
 
 # ------------------------------------------------------------------------------ emulation
@@ -357,6 +393,8 @@ def make_step_set_folding(record: dict) -> Step:
         from finn.util.config import extract_model_config_to_json
         from qonnx.transformation.general import GiveUniqueNodeNames
 
+        from finn_flow.hw_rewrites import pin_time_pool_folding
+
         model = model.transform(GiveUniqueNodeNames())
         target_cycles = cfg._resolve_cycles_per_frame()
         if target_cycles is not None:
@@ -371,6 +409,9 @@ def make_step_set_folding(record: dict) -> Step:
                 raise FinnFlowError(f"Folding config {path} must be a JSON object.")
             _validate_folding_config(model, config, path)
             model = model.transform(ApplyConfig(config))
+        pinned = pin_time_pool_folding(model)
+        if pinned and cfg.folding_config_file is not None:
+            log.info("time-pool VVAU folding kept at PE=Channels, SIMD=1: %s", pinned)
         model = model.transform(AnnotateCycles())
         perf = model.analysis(dataflow_performance)
         record["max_cycles"] = int(perf["max_cycles"])
@@ -505,6 +546,10 @@ def build_steps(
     ]
     steps += FULL_FLOW_BACKEND if full else ["step_hw_codegen"]
     resolved = [build_dataflow_step_lookup[s] if isinstance(s, str) else s for s in steps]
+    resolved = [
+        _minimize_then_widen_binary(s) if s.__name__.startswith("step_minimize_bit_width") else s
+        for s in resolved
+    ]
     return [guard_step(s, record) for s in resolved]
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "LowerZeroPoints",
     "ZeroPointError",
     "quant_nodes_with_zero_point",
+    "smallest_int_datatype",
 ]
 
 _ZP_ATOL = 1e-6
@@ -44,6 +45,15 @@ _ZP_ATOL = 1e-6
 
 class ZeroPointError(ValueError):
     """A zero point that cannot be lowered exactly (fractional, or 1-bit bipolar)."""
+
+
+def smallest_int_datatype(lo: int, hi: int):
+    """The smallest FINN integer datatype holding every integer in ``lo..hi``."""
+    from qonnx.core.datatype import DataType
+
+    if lo >= 0:
+        return DataType.get_smallest_possible(hi)
+    return DataType.get_smallest_possible(min(lo, -hi - 1))
 
 
 def _attr(node, name: str, default):
@@ -226,7 +236,6 @@ class AbsorbZeroPointOffsetIntoMultiThreshold(Transformation):
     """
 
     def apply(self, model: ModelWrapper):
-        from qonnx.core.datatype import DataType
         from qonnx.custom_op.registry import getCustomOp
         from qonnx.transformation.infer_datatypes import InferDataTypes
 
@@ -261,12 +270,7 @@ class AbsorbZeroPointOffsetIntoMultiThreshold(Transformation):
             if thresholds is None:
                 continue
             out_bias = float(inst.get_nodeattr("out_bias")) + round(off)
-            lo, hi = out_bias, out_bias + thresholds.shape[-1]
-            odt = (
-                DataType.get_smallest_possible(hi)
-                if lo >= 0
-                else DataType.get_smallest_possible(min(lo, -(hi + 1)))
-            )
+            odt = smallest_int_datatype(out_bias, out_bias + thresholds.shape[-1])
             inst.set_nodeattr("out_bias", out_bias)
             inst.set_nodeattr("out_dtype", odt.name)
             model.set_tensor_datatype(node.output[0], odt)
