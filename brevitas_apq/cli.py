@@ -724,11 +724,44 @@ def build_cmd(
     ] = 32,
     tolerance: Annotated[float, typer.Option(help="Max abs emulation difference.")] = 1e-4,
     clock_ns: Annotated[float, typer.Option("--clock-ns", help="Target clock period.")] = 10.0,
+    inputs: Annotated[
+        Path | None,
+        typer.Option(
+            "--inputs",
+            help="A .npy of samples (N, *input shape) for a model without a run directory.",
+        ),
+    ] = None,
+    cppsim: Annotated[
+        int,
+        typer.Option(
+            "--cppsim",
+            help="Also compile every HLS node with g++ and run the first N windows through "
+            "the C++ kernels, bit for bit against Python and QONNX (0: off).",
+        ),
+    ] = 0,
+    hls_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--hls-dir",
+            help="Folder with finn-hlslib/ and attention-hlslib/ for --cppsim (default: "
+            "$APQ_HLS_DIR, else finn's deps folder).",
+        ),
+    ] = None,
+    jobs: Annotated[int, typer.Option(help="Parallel C++ compiles for --cppsim.")] = 2,
+    prefer_hls: Annotated[
+        bool,
+        typer.Option(
+            "--prefer-hls",
+            help="Use HLS variants wherever finn-plus has one (it prefers RTL for thresholds "
+            "and matrix units), so --cppsim checks the whole design in C++.",
+        ),
+    ] = False,
 ) -> None:
     """Build a model with FINN for a board: resource/throughput estimate plus emulation.
 
     Without Xilinx tools (no XILINX_VIVADO) the flow stops after HLS/RTL code generation;
-    with them it goes on to the bitfile. Writes FINN's reports and OUT/summary.json.
+    with them it goes on to the bitfile. Writes FINN's reports and OUT/summary.json. With
+    --cppsim N the HLS kernels are compiled (g++, cached) and N windows simulated in C++.
     """
     import warnings
 
@@ -737,6 +770,17 @@ def build_cmd(
 
     if target_fps is not None and folding is not None:
         raise ValueError("--target-fps and --folding exclude each other: give one of them")
+    if windows < 0 or cppsim < 0 or jobs < 1:
+        raise ValueError("--windows and --cppsim must be >= 0 and --jobs >= 1")
+    if cppsim > windows:
+        raise ValueError(
+            f"--cppsim {cppsim} > --windows {windows}: simulate at most the "
+            "emulated windows (raise --windows)"
+        )
+    if inputs is not None and model.is_dir():
+        raise ValueError(f"{model} is a run directory (it supplies the inputs): drop --inputs")
+    if inputs is not None and run is not None:
+        raise ValueError("--inputs and --run exclude each other: give one of them")
     if model.is_dir():
         if run is not None and run.resolve() != model.resolve():
             raise ValueError(f"{model} is a run directory: drop --run or pass the .onnx file")
@@ -756,6 +800,11 @@ def build_cmd(
     else:
         onnx_path = model
         out = out or model.with_name(model.stem + "_finn")
+    samples = None
+    if inputs is not None:
+        from brevitas_apq.finn_bridge import load_inputs
+
+        samples = load_inputs(inputs, onnx_path)
     console.print(f"FINN build of {onnx_path} for {board} -> {out}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -770,6 +819,11 @@ def build_cmd(
                 folding=folding,
                 tolerance=tolerance,
                 clock_ns=clock_ns,
+                inputs=samples,
+                cppsim=cppsim,
+                hls_dir=hls_dir,
+                jobs=jobs,
+                prefer_hls=prefer_hls,
             )
             failure = None
         except EmulationMismatchError as err:

@@ -33,7 +33,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,7 @@ DEFAULT_BOARD = "Pynq-Z1"
 DEFAULT_WINDOWS = 32
 DEFAULT_TOLERANCE = 1e-4
 
-__all__ = ["DEFAULT_BOARD", "build_model", "build_run", "summary_table"]
+__all__ = ["DEFAULT_BOARD", "build_model", "build_run", "load_inputs", "summary_table"]
 
 
 def _is_run_dir(path: Path) -> bool:
@@ -77,16 +76,53 @@ def _run_reference(run_dir: Path, windows: int) -> dict[str, Any]:
     }
 
 
-def _random_inputs(model_path: Path, windows: int) -> np.ndarray:
-    """Inputs in [0, 1] (the range of min-max scaled data) with the model's input shape."""
+def _input_shape(model_path: Path) -> list[int]:
     from finn_flow.build import load_qonnx_model
 
     model = load_qonnx_model(model_path)
     inits = {i.name for i in model.graph.initializer}
     name = next(i.name for i in model.graph.input if i.name not in inits)
-    shape = model.get_tensor_shape(name)
+    return list(model.get_tensor_shape(name))
+
+
+def _random_inputs(model_path: Path, windows: int) -> np.ndarray:
+    """Inputs in [0, 1] (the range of min-max scaled data) with the model's input shape."""
+    shape = _input_shape(model_path)
     rng = np.random.default_rng(0)
     return rng.uniform(0.0, 1.0, size=(windows, *shape[1:])).astype(np.float32)
+
+
+def load_inputs(path: str | Path, model_path: str | Path) -> np.ndarray:
+    """Samples from a ``.npy`` file for a model without a run: ``(N, *input shape without the
+    batch axis)`` or ``(N, *input shape)``, float; returned as ``(N, *shape[1:])`` float32.
+
+    Raises ``FinnFlowError`` (a ValueError) naming the file and the expected shape.
+    """
+    from finn_flow.errors import FinnFlowError
+
+    path = Path(path)
+    shape = _input_shape(Path(model_path))
+    expected = f"(N, {', '.join(map(str, shape[1:]))})"
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise FinnFlowError(
+            f"--inputs {path}: not a readable .npy array ({exc}); save one with "
+            f"numpy.save(path, x) where x has shape {expected}"
+        ) from exc
+    if not np.issubdtype(arr.dtype, np.number):
+        raise FinnFlowError(f"--inputs {path}: dtype {arr.dtype} is not numeric")
+    if arr.ndim == len(shape) + 1 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != len(shape) or list(arr.shape[1:]) != shape[1:] or arr.shape[0] == 0:
+        raise FinnFlowError(
+            f"--inputs {path}: shape {arr.shape} does not match the model input; expected "
+            f"{expected} (N samples, the model's input shape without its batch axis)"
+        )
+    arr = arr.astype(np.float32)
+    if not np.all(np.isfinite(arr)):
+        raise FinnFlowError(f"--inputs {path}: contains NaN or infinite values")
+    return arr
 
 
 def build_model(
@@ -99,6 +135,11 @@ def build_model(
     folding: str | Path | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     clock_ns: float = 10.0,
+    inputs: np.ndarray | None = None,
+    cppsim: int = 0,
+    hls_dir: str | Path | None = None,
+    jobs: int = 2,
+    prefer_hls: bool = False,
 ) -> dict[str, Any]:
     """Build a QONNX file with FINN for ``board``; emulate ``windows`` inputs; return the summary.
 
@@ -110,6 +151,11 @@ def build_model(
             second reference (RMSE in target units too); without it, ``windows`` random
             inputs in [0, 1] are compared against the QONNX model only.
         windows: number of inputs to emulate; 0 skips emulation (estimate only, fastest).
+        inputs: samples for a model without a run (:func:`load_inputs`); the first
+            ``windows`` are emulated. Excludes ``run_dir``.
+        cppsim: the first ``cppsim`` windows also run through the HLS kernels compiled with
+            g++ (``summary["cppsim"]``, finn_flow.cppsim); ``hls_dir`` and ``jobs`` for it.
+        prefer_hls: HLS variants wherever finn-plus has one (whole design in cppsim).
         target_fps: target inferences/s for FINN's auto-folding (warning if unreachable).
         folding: FINN folding JSON (node name -> PE/SIMD/...), applied after auto-folding.
         tolerance: max abs difference allowed (scaled model output units).
@@ -121,21 +167,27 @@ def build_model(
         finn_flow.EmulationMismatchError: emulation differs from the QONNX or Brevitas
             outputs by more than ``tolerance`` (``summary.json`` is written first).
     """
-    from finn_flow.build import build
+    from finn_flow.build import build, cppsim_failure, write_summary
     from finn_flow.emulation import qonnx_reference
     from finn_flow.errors import EmulationMismatchError, FinnFlowError
 
     model_path, out = Path(model_path), Path(out)
     if not isinstance(windows, int) or windows < 0:
         raise FinnFlowError(f"windows={windows!r} is invalid; allowed: an integer >= 0")
-    ref = None
-    inputs = None
-    if windows > 0:
-        if run_dir is not None:
-            ref = _run_reference(Path(run_dir), windows)
-            inputs = ref["X"]
-        else:
-            inputs = _random_inputs(model_path, windows)
+    if inputs is not None and run_dir is not None:
+        raise FinnFlowError("give either a run directory or inputs, not both")
+    ref, source = None, None
+    if windows == 0:
+        inputs = None
+    elif run_dir is not None:
+        ref = _run_reference(Path(run_dir), windows)
+        inputs, source = ref["X"], ref["source"]
+    elif inputs is not None:
+        inputs = np.asarray(inputs, dtype=np.float32)[:windows]
+        source = f"first {len(inputs)} of the given inputs"
+    else:
+        inputs = _random_inputs(model_path, windows)
+        source = f"{len(inputs)} random inputs in [0, 1]"
     expected = None
     if inputs is not None:
         expected = qonnx_reference(model_path, inputs[:, None]).reshape(len(inputs), -1)
@@ -152,6 +204,10 @@ def build_model(
         save_intermediate_models=inputs is not None,
         raise_on_mismatch=False,
         quiet=True,
+        cppsim=cppsim if inputs is not None else 0,
+        hls_dir=hls_dir,
+        jobs=jobs,
+        prefer_hls=prefer_hls,
     )
     summary["model"] = str(model_path)
     emulated = summary.pop("emulation_outputs", None)
@@ -159,7 +215,7 @@ def build_model(
     problems = []
     if emu is not None and emulated is not None:
         emulated = np.asarray(emulated, dtype=np.float64).reshape(len(inputs), -1)
-        emu["inputs"] = ref["source"] if ref else f"{len(inputs)} random inputs in [0, 1]"
+        emu["inputs"] = source
         emu["max_abs_diff_vs_qonnx"] = emu["max_abs_diff"]
         if not emu["passed"]:
             problems.append(f"vs QONNX max |diff| {emu['max_abs_diff']:.3g}")
@@ -177,13 +233,16 @@ def build_model(
             if emu["max_abs_diff_vs_brevitas"] > tolerance:
                 emu["passed"] = False
                 problems.append(f"vs Brevitas max |diff| {emu['max_abs_diff_vs_brevitas']:.3g}")
-        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        write_summary(out, summary)
     if problems:
         raise EmulationMismatchError(
             f"FINN hardware-graph emulation differs from the reference above tolerance "
             f"{tolerance:g} ({'; '.join(problems)}); see {out / 'summary.json'}. Check the "
             "model follows the mapping rules in finn_flow/build.py or raise --tolerance."
         )
+    sim = summary.get("cppsim")
+    if sim is not None and not sim["passed"]:
+        raise EmulationMismatchError(cppsim_failure(sim, out))
     return summary
 
 
@@ -284,6 +343,22 @@ def summary_table(summary: dict[str, Any], title: str | None = None):
             )
     else:
         table.add_row("emulation", "skipped")
+    sim = summary.get("cppsim")
+    if sim:
+        status = "[green]ok[/]" if sim["passed"] else "[bold red]FAILED[/]"
+        table.add_row(
+            f"C++ sim |diff| Python ({sim['windows']})",
+            f"{sim['max_abs_diff_vs_python']:.1e}",
+            f"tol {sim['tolerance']:g}",
+            status,
+        )
+        table.add_row("C++ sim |diff| QONNX", f"{sim['max_abs_diff_vs_qonnx']:.1e}")
+        table.add_row(
+            "C++ compile / run (s)",
+            f"{sim['seconds']['compile']:.1f} / {sim['seconds']['run']:.1f}",
+            f"{sim['compiled']} built, {sim['cached']} cached",
+            "",
+        )
     table.add_row("flow time (s)", f"{summary.get('flow_time_s', 0):.1f}", "", "")
     lines = [f"flow: {summary.get('flow')}"]
     outside = summary.get("nodes_outside_dataflow_partition") or []
@@ -310,4 +385,28 @@ def summary_table(summary: dict[str, Any], title: str | None = None):
         "float datapath in hardware: "
         + (", ".join(n["name"] for n in floats) or "none (integer only)")
     )
-    return Group(table, Text("\n".join(lines)))
+    parts = [table, Text("\n".join(lines))]
+    if summary.get("verification"):
+        parts.append(verification_table(summary["verification"]))
+    return Group(*parts)
+
+
+def verification_table(entries: list[dict]):
+    """Hardware nodes by type: the deepest level they were checked at, the largest difference
+    (``summary["verification"]`` has one entry per node)."""
+    from rich.table import Table
+
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for e in entries:
+        groups.setdefault((e["op_type"], e["level"], e.get("compared_with") or "-"), []).append(e)
+    table = Table(title="verification: deepest level per hardware node")
+    for column in ("node type", "nodes", "level", "max |diff|", "compared with", "threshold"):
+        table.add_column(column, justify="right" if column in ("nodes", "max |diff|") else "left")
+    for (op, level, against), group in groups.items():
+        diffs = [e["max_abs_diff"] for e in group if e["max_abs_diff"] is not None]
+        decisions = [e["decisions_changed"] for e in group if "decisions_changed" in e]
+        note = f"{sum(decisions)} decisions changed" if decisions else ""
+        table.add_row(
+            op, str(len(group)), level, f"{max(diffs):.1e}" if diffs else "-", against, note
+        )
+    return table

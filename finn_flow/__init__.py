@@ -9,6 +9,8 @@ Public API:
 * :mod:`finn_flow.boards` - board presets and capacities (:func:`resolve_target`).
 * :mod:`finn_flow.emulation` - QONNX reference vs FINN python emulation.
 * :mod:`finn_flow.simulate` - cppsim / node-by-node rtlsim of a built graph (Xilinx tools).
+* :mod:`finn_flow.cppsim` - cppsim of every ``*_hls`` node with g++ and open-source headers
+  (no Xilinx tools), cached and parallel, compared node by node with FINN's Python execution.
 * :mod:`finn_flow.hw_rewrites` - exact graph rewrites for mean pooling, affine-free layer
   norms (scale/offset absorbed), integer constants and the output squeeze.
 * :mod:`finn_flow.no_vivado` - :func:`finn_session`, the workarounds to drive finn-plus

@@ -201,6 +201,42 @@ def _summarise(out_dir: Path, target: Board, record: dict, cfg, t0: float, full:
     return summary
 
 
+def _cppsim_summary(result, tolerance: float) -> dict:
+    """``summary["cppsim"]``: the whole-graph C++ simulation against Python and QONNX."""
+    worst = max(result.max_abs_diff_vs_python, result.max_abs_diff_vs_qonnx or 0.0)
+    return {
+        "windows": result.n_inputs,
+        "max_abs_diff_vs_python": result.max_abs_diff_vs_python,
+        "max_abs_diff_vs_qonnx": result.max_abs_diff_vs_qonnx,
+        "tolerance": float(tolerance),
+        "passed": bool(worst <= tolerance),
+        "hls_nodes": sum(n.level == "cppsim" for n in result.nodes),
+        "compiled": result.compile.n_compiled,
+        "cached": result.compile.n_cached,
+        "jobs": result.compile.jobs,
+        "seconds": result.seconds,
+        "notes": result.notes,
+    }
+
+
+def cppsim_failure(sim: dict, out_dir: Path) -> str:
+    """The error message of a C++ simulation above tolerance."""
+    return (
+        f"C++ simulation of the HLS kernels differs above tolerance {sim['tolerance']:g} on "
+        f"{sim['windows']} window(s): max |diff| vs Python {sim['max_abs_diff_vs_python']:.3g}, "
+        f"vs QONNX {sim['max_abs_diff_vs_qonnx']:.3g}; per-node differences in "
+        f"{out_dir / 'summary.json'} ('verification')."
+    )
+
+
+def write_summary(out_dir: Path, summary: dict) -> None:
+    """Write ``out_dir/summary.json`` atomically (a temporary file, then a rename)."""
+    path = Path(out_dir) / "summary.json"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(summary, indent=2, default=str))
+    os.replace(tmp, path)
+
+
 # --------------------------------------------------------------------------------- build
 def build(
     model_path: str | Path,
@@ -216,6 +252,10 @@ def build(
     save_intermediate_models: bool = True,
     raise_on_mismatch: bool = True,
     quiet: bool = False,
+    cppsim: int = 0,
+    hls_dir: str | Path | None = None,
+    jobs: int = 2,
+    prefer_hls: bool = False,
 ) -> dict:
     """Build ``model_path`` for ``board`` (preset name or FPGA part); return the summary.
 
@@ -239,6 +279,18 @@ def build(
             JSON).
         quiet: keep FINN's console output (step progress) out of the terminal; it still goes
             to ``out_dir/build_dataflow.log``.
+        cppsim: also compile every ``*_hls`` node with g++ and run the first ``cppsim``
+            emulation inputs through the C++ kernels (:mod:`finn_flow.cppsim`), bit for bit
+            against FINN's Python execution and the reference; ``summary["cppsim"]``. The
+            mismatch rules of the emulation apply.
+        hls_dir: folder with ``finn-hlslib/`` and ``attention-hlslib/`` for cppsim (default
+            ``$APQ_HLS_DIR``, else finn's deps folder).
+        jobs: parallel C++ compiles.
+        prefer_hls: use the HLS variant of every node that has one (finn-plus prefers RTL
+            for thresholds and matrix units), so that cppsim covers the whole design.
+
+    ``summary["verification"]`` lists every hardware node with the deepest level it was
+    checked at (:mod:`finn_flow.verification`).
 
     Raises:
         FinnFlowError: bad model/board/folding file/unmappable operator (names op and node).
@@ -261,6 +313,13 @@ def build(
     if target_fps is not None and (not isinstance(target_fps, int | float) or target_fps <= 0):
         raise FinnFlowError(f"target_fps must be a positive number, got {target_fps!r}.")
 
+    if cppsim and emulation_inputs is None:
+        raise FinnFlowError("cppsim needs emulation inputs (the windows to simulate).")
+    cppsim_toolchain = None
+    if cppsim:
+        from finn_flow.cppsim import HlsToolchain
+
+        cppsim_toolchain = HlsToolchain.resolve(hls_dir)  # fails early, before the build
     emulation = None
     if emulation_inputs is not None:
         from finn_flow.emulation import qonnx_reference
@@ -283,7 +342,7 @@ def build(
 
         from finn_flow.steps import build_steps, step_names
 
-        steps = build_steps(full, record, emulation)
+        steps = build_steps(full, record, emulation, prefer_hls=prefer_hls)
         record["steps"] = step_names(steps)
         outputs = [DataflowOutputType.ESTIMATE_REPORTS]
         if full:
@@ -337,14 +396,34 @@ def build(
     # warn only after the session: FINN's logging setup captures warnings while it lasts
     for message in summary["warnings"]:
         warnings.warn(message, FinnFlowWarning, stacklevel=2)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    emu = summary["emulation"]
+    result = None
+    if cppsim:
+        from finn_flow.cppsim import simulate_cppsim
+
+        inputs, expected, _ = emulation
+        n = min(int(cppsim), len(inputs))
+        result = simulate_cppsim(
+            out_dir,
+            inputs[:n],
+            expected=expected[:n],
+            toolchain=cppsim_toolchain,
+            jobs=jobs,
+            progress=not quiet,
+        )
+        summary["cppsim"] = _cppsim_summary(result, tolerance)
+    from finn_flow.verification import verification_table
+
+    summary["verification"] = verification_table(out_dir, summary["emulation"], result)
+    write_summary(out_dir, summary)
+    emu, sim = summary["emulation"], summary.get("cppsim")
     if emu is not None and not emu["passed"] and raise_on_mismatch:
         raise EmulationMismatchError(
             f"FINN hardware-graph emulation differs from the reference: max abs difference "
             f"{emu['max_abs_diff']:.3g} > tolerance {emu['tolerance']:.3g} over "
             f"{emu['n_inputs']} input(s) (details: {out_dir / 'summary.json'})."
         )
+    if sim is not None and not sim["passed"] and raise_on_mismatch:
+        raise EmulationMismatchError(cppsim_failure(sim, out_dir))
     if "emulation_outputs" in record:
         summary["emulation_outputs"] = record["emulation_outputs"]
     return summary

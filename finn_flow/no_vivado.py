@@ -155,6 +155,9 @@ def finn_session(work_dir: Path | str | None = None) -> Iterator[Path]:
         stack.enter_context(_restore_streams_and_logging())
         build_dir = stack.enter_context(_private_finn_dirs(work_dir))
         import_finn_builder()
+        from finn_flow import finn_fixes
+
+        finn_fixes.apply()  # HLS code generation fixes, with or without Vivado
         if not vivado_available():
             stack.enter_context(_patched_vivado_root())
         yield build_dir

@@ -340,6 +340,23 @@ def _minimize_then_widen_binary(finn_step: Step) -> Step:
     return step
 
 
+def make_step_prefer_hls() -> Step:
+    """Step (before ``step_specialize_layers``): HLS variants wherever finn-plus has one."""
+
+    def step_prefer_hls(model: ModelWrapper, cfg) -> ModelWrapper:
+        """Set ``preferred_impl_style="hls"`` on every HW node with an HLS variant, so the whole
+        design can be checked in C++ simulation (finn_flow.cppsim); RTL-only nodes stay RTL."""
+        from finn.custom_op.fpgadataflow.hls import custom_op as hls_variants
+        from qonnx.custom_op.registry import getCustomOp
+
+        for node in model.graph.node:
+            if _is_hw(node) and node.op_type + "_hls" in hls_variants:
+                getCustomOp(node).set_nodeattr("preferred_impl_style", "hls")
+        return model
+
+    return step_prefer_hls
+
+
 # ------------------------------------------------------------------------------ emulation
 def make_step_emulate(
     inputs: np.ndarray, expected: np.ndarray, tolerance: float, record: dict
@@ -526,17 +543,20 @@ def build_steps(
     full: bool,
     record: dict,
     emulation: tuple[np.ndarray, np.ndarray, float] | None = None,
+    prefer_hls: bool = False,
 ) -> list[Step]:
     """The step list: estimate-only (``full=False``) or the full Vivado flow.
 
     Strings are resolved to finn-plus's registered steps; every step is wrapped by
-    :func:`guard_step` (same ``__name__``).
+    :func:`guard_step` (same ``__name__``). ``prefer_hls`` adds :func:`make_step_prefer_hls`.
     """
     from finn.builder.build_dataflow_steps import build_dataflow_step_lookup
 
     steps: list = list(_FRONT)
     if emulation is not None:
         steps.append(make_step_emulate(*emulation, record))
+    if prefer_hls:
+        steps.append(make_step_prefer_hls())
     steps += [
         "step_specialize_layers",
         make_step_set_folding(record),

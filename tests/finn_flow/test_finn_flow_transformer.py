@@ -220,11 +220,84 @@ def test_cli_build_directory_without_model(tmp_path):
     _one_line_error(_invoke("build", str(tmp_path)), "without model.onnx")
 
 
+# ---------------------------------------------------------------------- C++ simulation
+def test_cli_build_cppsim_of_trained_transformer_is_bit_exact(runs, hls_dir, tmp_path):
+    """Every HLS kernel of a trained Transformer (attention, LayerNorm, pooling VVAU, adds,
+    stream forks), compiled with g++, on real test windows: the whole graph equals FINN's
+    Python execution and QONNX exactly; every *_hls node is verified at level cppsim."""
+    out = tmp_path / "cpp"
+    result = _invoke(
+        "build", str(runs["mixed_sqapq_layer"]), "--out", str(out), "--windows", "6",
+        "--cppsim", "6", "--hls-dir", str(hls_dir),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    sim = summary["cppsim"]
+    assert sim["windows"] == 6 and sim["passed"]
+    assert sim["max_abs_diff_vs_python"] == 0.0 and sim["max_abs_diff_vs_qonnx"] <= 1e-6
+    by_op = {}
+    for entry in summary["verification"]:
+        by_op.setdefault(entry["op_type"], set()).add(entry["level"])
+    hls = {op for op in by_op if op.endswith("_hls")}
+    assert {
+        "ScaledDotProductAttention_hls", "LayerNorm_hls", "VVAU_hls", "ElementwiseAdd_hls",
+        "ReplicateStream_hls",
+    } <= hls  # fmt: skip
+    assert all(by_op[op] == {"cppsim"} for op in hls)
+    assert all(by_op[op] == {"python"} for op in by_op if op.endswith("_rtl"))
+    norms = [e for e in summary["verification"] if e["op_type"] == "LayerNorm_hls"]
+    assert all(e["decisions_changed"] == 0 for e in norms)
+    text = _text(result)
+    assert "C++ sim |diff| Python (6)" in text and "deepest level per hardware node" in text
+
+
+def test_cli_build_cppsim_missing_hls_dir_is_one_line(mlp_model, tmp_path, monkeypatch):
+    monkeypatch.delenv("APQ_HLS_DIR", raising=False)
+    path, _ = mlp_model
+    result = _invoke(
+        "build", str(path), "--out", str(tmp_path / "o"), "--windows", "2", "--cppsim", "2",
+        "--hls-dir", str(tmp_path / "nowhere"),
+    )  # fmt: skip
+    _one_line_error(result, "nowhere", "APQ_HLS_DIR")
+    assert not (tmp_path / "o" / "summary.json").exists()  # refused before the build
+
+
+def test_cli_build_cppsim_needs_windows(mlp_model, tmp_path):
+    path, _ = mlp_model
+    result = _invoke("build", str(path), "--windows", "2", "--cppsim", "4")
+    _one_line_error(result, "--cppsim 4 > --windows 2")
+
+
+def test_cli_build_inputs_npy(mlp_model, tmp_path):
+    """A model without a run: samples from --inputs, compared against its QONNX graph."""
+    path, shape = mlp_model
+    x = np.random.default_rng(4).uniform(-1, 1, size=(3, *shape[1:])).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "o"
+    result = _invoke(
+        "build", str(path), "--inputs", str(tmp_path / "x.npy"), "--out", str(out),
+        "--windows", "3",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    emu = json.loads((out / "summary.json").read_text())["emulation"]
+    assert emu["n_inputs"] == 3 and emu["passed"] and emu["inputs"] == "first 3 of the given inputs"
+    np.save(tmp_path / "bad.npy", x[:, :2])
+    _one_line_error(
+        _invoke("build", str(path), "--inputs", str(tmp_path / "bad.npy")),
+        "does not match the model input",
+    )
+    (tmp_path / "junk.npy").write_text("junk")
+    _one_line_error(
+        _invoke("build", str(path), "--inputs", str(tmp_path / "junk.npy")), "not a readable"
+    )
+
+
 # ------------------------------------------------------------------------ Xilinx tools
 @pytest.mark.vivado
 @pytest.mark.parametrize("mode", ["cppsim", "rtlsim"])
 def test_cppsim_and_rtlsim_match_python_emulation(mode, runs, tmp_path):
-    """Compiled C++ (cppsim) and node-by-node RTL simulation equal the python emulation."""
+    """With Vitis HLS / Vivado: FINN's own cppsim and node-by-node RTL simulation equal the
+    python emulation."""
     from finn_flow.build import build
     from finn_flow.simulate import simulate_dataflow
 
