@@ -3,6 +3,11 @@
 VENV := .venv
 BIN := $(VENV)/bin
 RUN_DIR ?= runs/quickstart
+# HLS C++ sources for the C++ simulation of the quickstart and the tests: a sibling
+# ../shared/hls where the machine provides one (CI does), else whatever APQ_HLS_DIR says
+# (`apq hls-fetch DIR` clones them); without any, the quickstart says it skipped cppsim.
+APQ_HLS_DIR ?= $(abspath $(wildcard ../shared/hls))
+export APQ_HLS_DIR
 
 .PHONY: env run test test-all lint format bench clean
 

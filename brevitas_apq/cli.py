@@ -236,8 +236,10 @@ def export_cmd(
         raise typer.Exit(1)
 
 
-#: Test windows the quickstart emulates through FINN's hardware graph.
+#: Test windows the quickstart emulates through FINN's hardware graph, and of those the
+#: windows it runs through the C++ kernels (when the HLS sources are found).
 QUICKSTART_WINDOWS = 256
+QUICKSTART_CPPSIM_WINDOWS = 32
 
 
 @app.command()
@@ -283,8 +285,10 @@ def quickstart(
 def _quickstart_finn(run_dir: Path) -> None:
     """FINN estimate + emulation of the quickstart model (brevitas_apq.finn_bridge).
 
-    Emulates QUICKSTART_WINDOWS test windows; any difference from QONNX or Brevitas above the
-    tolerance fails the main job (exit 1) after printing the summary.
+    Emulates QUICKSTART_WINDOWS test windows and, where the HLS sources are found (APQ_HLS_DIR;
+    `apq hls-fetch`), simulates QUICKSTART_CPPSIM_WINDOWS of them in the C++ kernels; any
+    difference from QONNX, Brevitas or FINN's Python execution above the tolerance fails the
+    main job (exit 1) after printing the summary.
     """
     import importlib.util
 
@@ -292,11 +296,18 @@ def _quickstart_finn(run_dir: Path) -> None:
         err_console.print("[yellow]finn-plus is not installed: FINN estimate skipped[/]")
         return
     from brevitas_apq.finn_bridge import build_run, summary_table
-    from finn_flow.errors import EmulationMismatchError
+    from finn_flow.cppsim import HlsToolchain
+    from finn_flow.errors import EmulationMismatchError, FinnFlowError
 
+    cppsim = QUICKSTART_CPPSIM_WINDOWS
+    try:
+        HlsToolchain.resolve()
+    except FinnFlowError as err:
+        cppsim = 0
+        err_console.print(f"[yellow]C++ simulation of the HLS kernels skipped:[/] {err}")
     failure = None
     try:
-        summary = build_run(run_dir, board="Pynq-Z1", windows=QUICKSTART_WINDOWS)
+        summary = build_run(run_dir, board="Pynq-Z1", windows=QUICKSTART_WINDOWS, cppsim=cppsim)
     except EmulationMismatchError as err:
         summary, failure = json.loads((run_dir / "finn" / "summary.json").read_text()), err
     board = summary.get("board", "Pynq-Z1")
@@ -834,6 +845,26 @@ def build_cmd(
     if failure is not None:
         err_console.print(f"[bold red]error:[/] {failure}")
         raise typer.Exit(1)
+
+
+@app.command("hls-fetch")
+@_clean_errors
+def hls_fetch(
+    dest: Annotated[Path, typer.Argument(help="Folder to clone the HLS sources into.")],
+) -> None:
+    """Clone the HLS C++ sources `apq build --cppsim` compiles against, at pinned commits.
+
+    finn-hlslib and attention-hlslib at the commits finn-plus pins, and Xilinx's open-source
+    ap_int headers (git and network needed). Then: export APQ_HLS_DIR=DEST (or --hls-dir DEST).
+    """
+    from finn_flow.hls_sources import fetch, pinned_sources
+
+    pins = pinned_sources()
+    for name, (url, commit) in pins.items():
+        console.print(f"{name}: {url} @ {commit[:12]}")
+    fetched = fetch(dest, pins)
+    console.print(f"HLS sources in {dest.absolute()} ({', '.join(fetched)})")
+    console.print(f"use them with: export APQ_HLS_DIR={dest.absolute()}")
 
 
 # Third-party notices that say nothing about the user's run (Brevitas's optional Hadamard

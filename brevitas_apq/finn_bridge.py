@@ -254,6 +254,9 @@ def build_run(
     target_fps: int | None = None,
     folding: str | Path | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
+    cppsim: int = 0,
+    hls_dir: str | Path | None = None,
+    jobs: int = 2,
 ) -> dict[str, Any]:
     """FINN estimate (and emulation) of a finished run; writes ``OUT/summary.json``.
 
@@ -264,7 +267,7 @@ def build_run(
         out: output directory, default ``RUN_DIR/finn``.
         windows: test windows to emulate (default 32); ``0`` = estimate only, no emulation,
             no intermediate models saved: the cheap mode for tables of many configurations.
-        target_fps, folding, tolerance: see :func:`build_model`.
+        target_fps, folding, tolerance, cppsim, hls_dir, jobs: see :func:`build_model`.
 
     Returns the summary dict; the keys ``LUT``, ``BRAM_18K``, ``DSP``, ``URAM``,
     ``estimated_throughput_fps`` and ``estimated_latency_ns`` are plain numbers.
@@ -291,6 +294,9 @@ def build_run(
         target_fps=target_fps,
         folding=folding,
         tolerance=tolerance,
+        cppsim=cppsim,
+        hls_dir=hls_dir,
+        jobs=jobs,
     )
 
 
@@ -400,13 +406,19 @@ def verification_table(entries: list[dict]):
     for e in entries:
         groups.setdefault((e["op_type"], e["level"], e.get("compared_with") or "-"), []).append(e)
     table = Table(title="verification: deepest level per hardware node")
-    for column in ("node type", "nodes", "level", "max |diff|", "compared with", "threshold"):
+    for column in ("node type", "nodes", "level", "max |diff|", "vs", "thresholds after"):
         table.add_column(column, justify="right" if column in ("nodes", "max |diff|") else "left")
+    short = {"qonnx, whole graph": "QONNX (graph)", "python, node isolated": "Python (node)"}
     for (op, level, against), group in groups.items():
         diffs = [e["max_abs_diff"] for e in group if e["max_abs_diff"] is not None]
         decisions = [e["decisions_changed"] for e in group if "decisions_changed" in e]
         note = f"{sum(decisions)} decisions changed" if decisions else ""
         table.add_row(
-            op, str(len(group)), level, f"{max(diffs):.1e}" if diffs else "-", against, note
+            op,
+            str(len(group)),
+            level,
+            f"{max(diffs):.1e}" if diffs else "-",
+            short.get(against, against),
+            note,
         )
     return table
