@@ -759,6 +759,26 @@ def build_cmd(
         ),
     ] = None,
     jobs: Annotated[int, typer.Option(help="Parallel C++ compiles for --cppsim.")] = 2,
+    max_util: Annotated[
+        float | None,
+        typer.Option(
+            "--max-util",
+            help="Without --target-fps/--folding: the fastest folding whose estimate uses at "
+            "most this share of the board's LUT/BRAM/URAM/DSP (default 0.8).",
+        ),
+    ] = None,
+    budget: Annotated[
+        str | None,
+        typer.Option(
+            "--budget",
+            help="Explicit limits instead of --max-util, e.g. lut=8000,dsp=20,bram18=20 "
+            "(bram36=N counts two BRAM_18K).",
+        ),
+    ] = None,
+    pareto: Annotated[
+        bool,
+        typer.Option("--pareto", help="Write OUT/pareto.csv and pareto.png (all candidates)."),
+    ] = False,
     prefer_hls: Annotated[
         bool,
         typer.Option(
@@ -770,9 +790,11 @@ def build_cmd(
 ) -> None:
     """Build a model with FINN for a board: resource/throughput estimate plus emulation.
 
-    Without Xilinx tools (no XILINX_VIVADO) the flow stops after HLS/RTL code generation;
-    with them it goes on to the bitfile. Writes FINN's reports and OUT/summary.json. With
-    --cppsim N the HLS kernels are compiled (g++, cached) and N windows simulated in C++.
+    By default the fastest folding whose estimate fits 80 % of the board (--max-util,
+    --budget; exit 1 if none fits); --target-fps or --folding choose it instead. Without
+    Xilinx tools (no XILINX_VIVADO) the flow stops after HLS/RTL code generation; with them it
+    goes on to the bitfile. Writes FINN's reports and OUT/summary.json. With --cppsim N the
+    HLS kernels are compiled (g++, cached) and N windows simulated in C++.
     """
     import warnings
 
@@ -781,6 +803,8 @@ def build_cmd(
 
     if target_fps is not None and folding is not None:
         raise ValueError("--target-fps and --folding exclude each other: give one of them")
+    if max_util is not None and not 0 < max_util <= 1:
+        raise ValueError(f"--max-util {max_util}: expected a share in (0, 1], e.g. 0.8")
     if windows < 0 or cppsim < 0 or jobs < 1:
         raise ValueError("--windows and --cppsim must be >= 0 and --jobs >= 1")
     if cppsim > windows:
@@ -835,6 +859,9 @@ def build_cmd(
                 hls_dir=hls_dir,
                 jobs=jobs,
                 prefer_hls=prefer_hls,
+                max_util=max_util,
+                budget=budget,
+                pareto=pareto,
             )
             failure = None
         except EmulationMismatchError as err:
@@ -842,6 +869,12 @@ def build_cmd(
     _print_finn_warnings(caught)
     console.print(summary_table(summary))
     console.print(f"reports in {out / 'report'}, summary in {out / 'summary.json'}")
+    fit = summary.get("fit")
+    if failure is None and fit is not None and not fit["fits"]:
+        failure = (
+            f"no folding fits {fit['budget_source']} (estimates); the smallest design is "
+            f"summarised above, binding resource {fit['binding_resource']}"
+        )
     if failure is not None:
         err_console.print(f"[bold red]error:[/] {failure}")
         raise typer.Exit(1)

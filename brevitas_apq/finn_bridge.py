@@ -140,6 +140,9 @@ def build_model(
     hls_dir: str | Path | None = None,
     jobs: int = 2,
     prefer_hls: bool = False,
+    max_util: float | None = None,
+    budget: str | None = None,
+    pareto: bool = False,
 ) -> dict[str, Any]:
     """Build a QONNX file with FINN for ``board``; emulate ``windows`` inputs; return the summary.
 
@@ -156,6 +159,9 @@ def build_model(
         cppsim: the first ``cppsim`` windows also run through the HLS kernels compiled with
             g++ (``summary["cppsim"]``, finn_flow.cppsim); ``hls_dir`` and ``jobs`` for it.
         prefer_hls: HLS variants wherever finn-plus has one (whole design in cppsim).
+        max_util, budget, pareto: without ``target_fps``/``folding`` the fastest folding whose
+            estimate fits ``max_util`` (default 0.8) of the board, or ``budget``
+            (``"lut=8000,dsp=20"``); ``pareto`` writes every candidate (finn_flow.fit).
         target_fps: target inferences/s for FINN's auto-folding (warning if unreachable).
         folding: FINN folding JSON (node name -> PE/SIMD/...), applied after auto-folding.
         tolerance: max abs difference allowed (scaled model output units).
@@ -208,6 +214,9 @@ def build_model(
         hls_dir=hls_dir,
         jobs=jobs,
         prefer_hls=prefer_hls,
+        max_util=max_util,
+        budget=budget,
+        pareto=pareto,
     )
     summary["model"] = str(model_path)
     emulated = summary.pop("emulation_outputs", None)
@@ -366,7 +375,7 @@ def summary_table(summary: dict[str, Any], title: str | None = None):
             "",
         )
     table.add_row("flow time (s)", f"{summary.get('flow_time_s', 0):.1f}", "", "")
-    lines = [f"flow: {summary.get('flow')}"]
+    lines = [f"flow: {summary.get('flow')}", _folding_line(summary)]
     outside = summary.get("nodes_outside_dataflow_partition") or []
     lines.append(
         "outside the dataflow partition: "
@@ -395,6 +404,27 @@ def summary_table(summary: dict[str, Any], title: str | None = None):
     if summary.get("verification"):
         parts.append(verification_table(summary["verification"]))
     return Group(*parts)
+
+
+def _folding_line(summary: dict[str, Any]) -> str:
+    """How the folding was chosen (finn_flow.fit), in one line."""
+    fit = summary.get("fit")
+    if fit is None:
+        if summary.get("target_fps"):
+            return f"folding: FINN's auto-folding for --target-fps {summary['target_fps']:,}"
+        return "folding: as given (--folding) or fully folded"
+    chosen = fit["chosen"]
+    if not fit["fits"]:
+        return (
+            f"folding: NO folding fits {fit['budget_source']} (estimates); built the smallest "
+            f"({chosen['LUT']:,.0f} LUT, {chosen['DSP']:,.0f} DSP, {chosen['BRAM_18K']:,.0f} "
+            f"BRAM_18K); binding resource: {fit['binding_resource']}"
+        )
+    return (
+        f"folding: the fastest of {fit['candidates_evaluated']} candidate foldings within "
+        f"{fit['budget_source']} (FINN + analytical estimates): {chosen['fps']:,.0f} "
+        f"inferences/s, bottleneck {chosen['bottleneck']}"
+    )
 
 
 def verification_table(entries: list[dict]):

@@ -204,13 +204,18 @@ def _summarise(out_dir: Path, target: Board, record: dict, cfg, t0: float, full:
 def _cppsim_summary(result, tolerance: float) -> dict:
     """``summary["cppsim"]``: the whole-graph C++ simulation against Python and QONNX."""
     worst = max(result.max_abs_diff_vs_python, result.max_abs_diff_vs_qonnx or 0.0)
+    failed = [
+        n.name for n in result.nodes if n.max_abs_diff > tolerance or (n.decisions_changed or 0) > 0
+    ]
     return {
         "windows": result.n_inputs,
         "max_abs_diff_vs_python": result.max_abs_diff_vs_python,
         "max_abs_diff_vs_qonnx": result.max_abs_diff_vs_qonnx,
         "tolerance": float(tolerance),
-        "passed": bool(worst <= tolerance),
+        "passed": bool(worst <= tolerance and not failed),
+        "nodes_failed": failed,
         "hls_nodes": sum(n.level == "cppsim" for n in result.nodes),
+        "rtl_verilator_nodes": sum(n.level == "rtl-verilator" for n in result.nodes),
         "compiled": result.compile.n_compiled,
         "cached": result.compile.n_cached,
         "jobs": result.compile.jobs,
@@ -224,7 +229,9 @@ def cppsim_failure(sim: dict, out_dir: Path) -> str:
     return (
         f"C++ simulation of the HLS kernels differs above tolerance {sim['tolerance']:g} on "
         f"{sim['windows']} window(s): max |diff| vs Python {sim['max_abs_diff_vs_python']:.3g}, "
-        f"vs QONNX {sim['max_abs_diff_vs_qonnx']:.3g}; per-node differences in "
+        f"vs QONNX {sim['max_abs_diff_vs_qonnx']:.3g}"
+        + (f", nodes {', '.join(sim['nodes_failed'])}" if sim.get("nodes_failed") else "")
+        + "; per-node differences in "
         f"{out_dir / 'summary.json'} ('verification')."
     )
 
@@ -256,6 +263,9 @@ def build(
     hls_dir: str | Path | None = None,
     jobs: int = 2,
     prefer_hls: bool = False,
+    max_util: float | None = None,
+    budget: str | None = None,
+    pareto: bool = False,
 ) -> dict:
     """Build ``model_path`` for ``board`` (preset name or FPGA part); return the summary.
 
@@ -288,6 +298,12 @@ def build(
         jobs: parallel C++ compiles.
         prefer_hls: use the HLS variant of every node that has one (finn-plus prefers RTL
             for thresholds and matrix units), so that cppsim covers the whole design.
+        max_util: without ``target_fps``/``folding_config``, fold for the fastest design whose
+            estimate stays within this share of the board's LUT, BRAM, URAM and DSP (default
+            0.8; :mod:`finn_flow.fit`). ``summary["fit"]`` says what was chosen.
+        budget: explicit limits instead (``"lut=8000,dsp=20,bram18=20"``); needed for a part
+            whose capacities are unknown.
+        pareto: also write ``pareto.csv`` and ``pareto.png`` (every candidate folding).
 
     ``summary["verification"]`` lists every hardware node with the deepest level it was
     checked at (:mod:`finn_flow.verification`).
@@ -313,6 +329,20 @@ def build(
     if target_fps is not None and (not isinstance(target_fps, int | float) or target_fps <= 0):
         raise FinnFlowError(f"target_fps must be a positive number, got {target_fps!r}.")
 
+    fit_budget = None
+    if target_fps is None and folding_config is None:
+        from finn_flow.fit import DEFAULT_MAX_UTIL, Budget
+
+        if budget is not None:
+            fit_budget = Budget.parse(budget)
+        elif any(v is not None for v in target.capacities().values()):
+            fit_budget = Budget.from_capacities(
+                target.capacities(), DEFAULT_MAX_UTIL if max_util is None else max_util, target.name
+            )
+    elif budget is not None or max_util is not None:
+        raise FinnFlowError("--budget/--max-util choose the folding: drop --target-fps/--folding.")
+    if pareto and fit_budget is None:
+        raise FinnFlowError("--pareto needs a budget (a board with known capacities, or --budget).")
     if cppsim and emulation_inputs is None:
         raise FinnFlowError("cppsim needs emulation inputs (the windows to simulate).")
     cppsim_toolchain = None
@@ -331,7 +361,7 @@ def build(
             expected = np.asarray(expected_outputs, dtype=np.float32)
         emulation = (inputs, expected, float(tolerance))
 
-    record: dict = {"warnings": [], "raise_on_mismatch": False}
+    record: dict = {"warnings": [], "raise_on_mismatch": False, "budget": fit_budget}
     with finn_session(out_dir / "finn_work"):
         from finn.builder.build_dataflow import build_dataflow_cfg
         from finn.builder.build_dataflow_config import (
@@ -393,6 +423,11 @@ def build(
         if "target_fps_warning" in record:
             record["warnings"].append(record["target_fps_warning"])
         summary = _summarise(out_dir, target, record, cfg, t0, full)
+        summary["fit"] = record.get("fit")
+        if pareto:
+            from finn_flow.fit import write_pareto
+
+            summary["pareto"] = write_pareto(record["fit_candidates"], fit_budget, target, out_dir)
     # warn only after the session: FINN's logging setup captures warnings while it lasts
     for message in summary["warnings"]:
         warnings.warn(message, FinnFlowWarning, stacklevel=2)

@@ -938,7 +938,8 @@ class NodeSimResult:
 
     name: str
     op_type: str
-    #: "cppsim" (compiled C++) or "python" (``*_rtl`` nodes: FINN's Python fallback).
+    #: "cppsim" (compiled C++), "rtl-verilator" (``*_rtl`` nodes Verilator simulates) or
+    #: "python" (other ``*_rtl`` nodes: FINN's Python fallback).
     level: str
     max_abs_diff: float
     #: Output values differing from Python (any amount), and all output values compared.
@@ -1041,6 +1042,8 @@ class _NodeStats:
         self.warnings: dict[str, None] = {}
         self.decisions_changed: int | None = None
         self.threshold_margin: float | None = None
+        #: an *_rtl node's Python inputs and outputs per sample, for Verilator afterwards
+        self.rtl_io: list[tuple[np.ndarray, np.ndarray]] = []
 
     def add_decisions(self, changed: int, margin: float) -> None:
         self.decisions_changed = (self.decisions_changed or 0) + changed
@@ -1141,6 +1144,47 @@ def _compare_nodes(cpp_model, py_ctx: dict, stats: dict[str, _NodeStats]) -> Non
             stats[node.name].add(value, py_ctx[name])
         if _is_hls(node):
             _check_decisions(cpp_model, node, outs, py_ctx, stats[node.name])
+        elif _is_rtl(node) and len(node.input) and len(node.output) == 1:
+            stats[node.name].rtl_io.append((py_ctx[node.input[0]], py_ctx[node.output[0]]))
+
+
+def _simulate_rtl(cpp_model, stats: dict[str, _NodeStats], work: Path, jobs: int) -> list[str]:
+    """Verilator for every ``*_rtl`` node it supports (finn_flow.verilator): all samples of a
+    node through one simulation, compared with Python; the node's level becomes
+    ``rtl-verilator``. Returns notes (what was not simulated, and why)."""
+    from finn_flow import verilator
+
+    rtl = [st for st in stats.values() if st.rtl_io]
+    if not rtl:
+        return []
+    if not verilator.verilator_available():
+        return [
+            f"{len(rtl)} *_rtl node(s) checked in Python only: Verilator is not installed "
+            "(apt-get install verilator)"
+        ]
+    todo = [st for st in rtl if verilator.supported(st.node)]
+    unsupported = sorted({st.node.op_type for st in rtl if st not in todo})
+    cache = default_cache_dir()
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:  # compile (cached) in parallel
+        for future in [
+            pool.submit(verilator.build_rtl_node, cpp_model, st.node, work / "rtl", cache)
+            for st in todo
+        ]:
+            future.result()
+    for st in todo:
+        inputs = [i for i, _ in st.rtl_io]
+        expected = np.stack([o for _, o in st.rtl_io])
+        actual = verilator.simulate_rtl_node(cpp_model, st.node, inputs, work / "rtl", cache)
+        st.level = verilator.LEVEL
+        st.max_abs, st.n_diff, st.n_values = 0.0, 0, 0
+        st.add(actual, expected)
+        st.add_warnings(verilator.known_differences(st.node) if st.n_diff else [])
+    notes = []
+    if unsupported:
+        notes.append(
+            f"checked in Python only (Verilator cannot simulate them): {', '.join(unsupported)}"
+        )
+    return notes
 
 
 def _graph_samples(model, inputs) -> list[dict[str, np.ndarray]]:
@@ -1209,6 +1253,7 @@ def simulate_graph(
     jobs: int = 2,
     progress: bool = True,
     work_dir: str | Path | None = None,
+    rtl_sim: bool = True,
 ) -> CppSimResult:
     """cppsim of a HW graph (a ModelWrapper or path) against FINN's Python execution.
 
@@ -1216,15 +1261,20 @@ def simulate_graph(
     shape, with or without its batch dimension), or a dict ``{input name: array}``.
     ``expected`` (optional): reference outputs, stacked, for ``max_abs_diff_vs_qonnx``.
     Outputs are the graph's first output. ``work_dir`` holds the generated code (a temporary
-    folder, removed afterwards, if None). See :func:`compile_cppsim` for the other arguments.
+    folder, removed afterwards, if None). ``rtl_sim``: simulate the ``*_rtl`` nodes Verilator
+    supports (level ``rtl-verilator``). See :func:`compile_cppsim` for the other arguments.
     """
     with contextlib.ExitStack() as stack:
         if work_dir is None:
             work_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="apq_cppsim_"))
-        return _simulate_graph(model, inputs, expected, toolchain, jobs, progress, Path(work_dir))
+        return _simulate_graph(
+            model, inputs, expected, toolchain, jobs, progress, Path(work_dir), rtl_sim
+        )
 
 
-def _simulate_graph(model, inputs, expected, toolchain, jobs, progress, work) -> CppSimResult:
+def _simulate_graph(
+    model, inputs, expected, toolchain, jobs, progress, work, rtl_sim
+) -> CppSimResult:
     from qonnx.core.modelwrapper import ModelWrapper
 
     from finn_flow.no_vivado import finn_session
@@ -1251,7 +1301,8 @@ def _simulate_graph(model, inputs, expected, toolchain, jobs, progress, work) ->
             with _kernel_warnings():  # reported per node by the isolated runs below
                 cpp_outs.append(execute_onnx(cpp_model, dict(sample))[oname])
             _compare_nodes(cpp_model, py_ctx, stats)
-    return _result(cpp_outs, py_outs, expected, stats, report, t_compile, t_run, [])
+        notes = _simulate_rtl(cpp_model, stats, Path(work), jobs) if rtl_sim else []
+    return _result(cpp_outs, py_outs, expected, stats, report, t_compile, t_run, notes)
 
 
 def find_hw_model(out_dir: str | Path) -> Path:
@@ -1276,6 +1327,7 @@ def simulate_cppsim(
     jobs: int = 2,
     progress: bool = True,
     work_dir: str | Path | None = None,
+    rtl_sim: bool = True,
 ) -> CppSimResult:
     """cppsim of a build's accelerator graph against FINN's Python execution, per sample.
 
@@ -1284,6 +1336,7 @@ def simulate_cppsim(
     ``hw_model`` (default :func:`find_hw_model`) as its dataflow partition. ``inputs`` are
     model inputs (``inputs[i]`` one sample); ``expected`` optional QONNX outputs. Generated
     code goes to ``work_dir`` (default ``out_dir/cppsim``), compiled kernels to the cache.
+    ``rtl_sim``: also simulate the ``*_rtl`` nodes Verilator supports (finn_flow.verilator).
     """
     from qonnx.core.modelwrapper import ModelWrapper
 
@@ -1335,5 +1388,7 @@ def simulate_cppsim(
             feed = {name: ctx[sdp.input[i]] for i, name in enumerate(child_inputs)}
             py_ctx = execute_onnx(py_model, feed, return_full_exec_context=True)
             _compare_nodes(cpp_model, py_ctx, stats)
-    notes = [f"HW graph: {hw_path.name}; generated code in {work / 'nodes'}"]
+        notes = [f"HW graph: {hw_path.name}; generated code in {work / 'nodes'}"]
+        if rtl_sim:
+            notes += _simulate_rtl(cpp_model, stats, work, jobs)
     return _result(cpp_outs, py_outs, expected, stats, report, t_compile, t_run, notes)

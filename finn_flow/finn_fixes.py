@@ -1,10 +1,11 @@
-"""Fixes to finn-plus 1.6.1's HLS code generation, found by C++ simulation (finn_flow.cppsim).
+"""Fixes to finn-plus 1.6.1's code generation, found by C++ (finn_flow.cppsim) and Verilator
+(finn_flow.verilator) simulation.
 
-Both make the generated C++ (and so the FPGA) compute what FINN's Python execution and the
-QONNX model compute; neither changes a model or an estimate. They patch finn-plus's classes in
+Each makes the generated C++/RTL (and so the FPGA) compute what FINN's Python execution and
+the QONNX model compute; none changes a model or an estimate. They patch finn-plus's classes in
 this process (:func:`apply`, idempotent, called by :func:`finn_flow.no_vivado.finn_session`,
 with or without Xilinx tools) and act only on the exact code they replace, so a finn-plus that
-fixed them upstream is left alone.
+fixed them upstream is left alone. The unpatched method stays reachable as ``__wrapped__``.
 
 * **Attention thresholds compare strictly.** ``ScaledDotProductAttention_hls.generate_params``
   instantiates finn-hlslib's ``ThresholdsActivation`` with ``comp::less`` (``T < acc``), while
@@ -16,9 +17,18 @@ fixed them upstream is left alone.
   node's ``epsilon`` (here ``eps / s**2`` after :class:`finn_flow.hw_rewrites.
   AbsorbScalarMulIntoLayerNorm`). The kernel computes ``(N x - S) * rsqrt(sum((N x - S)**2) / N
   + eps')``, i.e. a layer norm with ``eps'/N**2``; the fix passes ``eps' = N**2 * epsilon``.
+* **RTL thresholds read from the wrong memory.** ``Thresholding_rtl.make_weight_file`` writes
+  the binary-search threshold memories for ``outputDataType.bitwidth()`` stages, while the RTL
+  (``N = numSteps``) reads ``clog2(numSteps + 1)``. They differ when a negative ``ActVal``
+  needs one more output bit (255 thresholds, ``ActVal = -159``, INT9: 9 stages written, 8
+  read), and the hardware then compares with the wrong thresholds: 3 of the quickstart's 18
+  RTL thresholding nodes, up to 96 levels off in Verilator, hidden by Python and cppsim. The
+  fix writes the memories for ``clog2(numSteps + 1)`` stages.
 """
 
 from __future__ import annotations
+
+import functools
 
 __all__ = ["apply"]
 
@@ -28,6 +38,7 @@ _LAYERNORM_CALL = "layernorm<N>(in0_V, out0_V);"
 
 
 def _attention_generate_params(original):
+    @functools.wraps(original)
     def generate_params(self, model, path):
         original(self, model, path)
         from pathlib import Path
@@ -43,6 +54,7 @@ def _attention_generate_params(original):
 
 
 def _layernorm_docompute(original):
+    @functools.wraps(original)
     def docompute(self):
         original(self)
         lines = self.code_gen_dict.get("$DOCOMPUTE$", [])
@@ -57,14 +69,36 @@ def _layernorm_docompute(original):
     return docompute
 
 
+def _thresholding_make_weight_file(original):
+    @functools.wraps(original)
+    def make_weight_file(self, weights, weight_file_mode, weight_file_name):
+        from qonnx.core.datatype import DataType
+
+        stages = max(1, int(self.get_nodeattr("numSteps")).bit_length())  # clog2(N + 1)
+        odt = self.get_nodeattr("outputDataType")
+        if DataType[odt].bitwidth() == stages:
+            return original(self, weights, weight_file_mode, weight_file_name)
+        # make_weight_file reads the output type only for its stage count
+        self.set_nodeattr("outputDataType", f"UINT{stages}")
+        try:
+            return original(self, weights, weight_file_mode, weight_file_name)
+        finally:
+            self.set_nodeattr("outputDataType", odt)
+
+    make_weight_file._finn_flow_fix = True
+    return make_weight_file
+
+
 def apply() -> None:
     """Patch finn-plus's attention and layer-norm HLS code generation (once per process)."""
     from finn.custom_op.fpgadataflow.hls.attention_hls import ScaledDotProductAttention_hls
     from finn.custom_op.fpgadataflow.hls.layernorm_hls import LayerNorm_hls
+    from finn.custom_op.fpgadataflow.rtl.thresholding_rtl import Thresholding_rtl
 
     for cls, name, fix in (
         (ScaledDotProductAttention_hls, "generate_params", _attention_generate_params),
         (LayerNorm_hls, "docompute", _layernorm_docompute),
+        (Thresholding_rtl, "make_weight_file", _thresholding_make_weight_file),
     ):
         method = getattr(cls, name)
         if not getattr(method, "_finn_flow_fix", False):

@@ -15,9 +15,9 @@ past it, so it would stay a float node between hardware layers. The rewrites her
 * :class:`AbsorbScalarMulIntoLayerNorm` (during streamlining): ``LayerNorm(s*x; eps)`` ==
   ``LayerNorm(x; eps/s**2)``, so an affine-free layer norm reads the integer residual sum.
 * :class:`InferTimePoolFromReduceSum` (hardware conversion): an integer ``ReduceSum`` over
-  the time axis of a ``(1, T, C)`` tensor becomes ``Reshape -> VVAU (unit weights, kernel
-  T) -> Reshape``; the reshapes turn into FINN's stream-preserving ``Reshape`` HW op via
-  ``InferReshape``. (Not ``GlobalAccPool``: its C++ kernel assumes square images.)
+  the time axis of a ``(1, T, C)`` tensor becomes ``Reshape -> MatMul (0/1 weights) ->
+  Reshape``, i.e. an ``MVAU`` and FINN's stream-preserving ``Reshape`` HW op. (Not
+  ``GlobalAccPool``: its C++ kernel assumes square images.)
 
 :func:`is_output_dequant_tail` is a filter for ``InferElementwiseBinaryOperation``: it
 keeps the final float scaling (``Mul``/``Add``/``Sub``/``Div`` with a constant, feeding only
@@ -152,22 +152,22 @@ class MoveScalarMulPastReduce(Transformation):
 
 
 class InferTimePoolFromReduceSum(Transformation):
-    """Map an integer ``ReduceSum`` over the time axis of ``(N, T, C)`` to a unit-weight VVAU.
+    """Rewrite an integer ``ReduceSum`` over the time axis of ``(1, T, C)`` as a 0/1 MatMul.
 
-    The identity: ``sum_t x[t, c] = sum_k w[c, k] * v[k, c]`` with all ``w = 1`` and ``v`` the
-    tensor read as one ``(T*C)`` vector in time-major order, i.e. a depthwise
-    ``VectorVectorActivation`` with kernel ``(T, 1)`` on a ``1 x 1`` image. Produces
-    ``Reshape(N,1,1,T*C) -> VVAU(Kernel=[T,1], Channels=C, PE=C, SIMD=1) -> Reshape``; the
-    reshapes become FINN's stream-preserving ``Reshape`` HW op via ``InferReshape``.
+    The identity: ``sum_t x[t, c] = (vec(x) @ W)[c]`` with ``vec(x)`` the tensor read in its
+    time-major order as one ``T*C`` vector and ``W[t*C + c', c] = [c' == c]``. Produces
+    ``Reshape(1, T*C) -> MatMul(W) -> Reshape``; FINN then maps the MatMul to an ``MVAU``
+    (integer input, integer weights) and the reshapes to its stream-preserving ``Reshape``.
 
     Why not ``GlobalAccPool``: finn-plus generates ``AccPool_Batch<ImgDim = shape[1]>`` and
-    finn-hlslib loops over ``ImgDim * ImgDim`` pixels (square images), so with ``(N,1,T,C)``
+    finn-hlslib loops over ``ImgDim * ImgDim`` pixels (square images), so with ``(1,1,T,C)``
     the C++ kernel (and the FPGA) sums 1 of the ``T`` time steps while FINN's Python
-    execution sums all of them; no 4D layout makes ``T = 24`` square. The VVAU's stream order
-    is ``(C/PE, T, PE)`` when no sliding-window generator feeds it, equal to the tensor's
-    time-major order only with ``PE = C``: :func:`pin_time_pool_folding` keeps it there.
-    FINN estimates its resources (``T`` cycles, ``C`` adders). Only touches 3D inputs
-    reduced over axis 1 (or -2) with an integer datatype.
+    execution sums all of them; no 4D layout makes ``T = 24`` square. A depthwise ``VVAU``
+    with a ``(T, 1)`` kernel computes the sum with ``C`` adders but FINN's folding requires a
+    sliding-window generator in front of it. The MVAU reads its input vector in order (any
+    SIMD/PE folding is valid), is folded and estimated by FINN like every other layer, and
+    its C++ kernel is bit-exact; it spends ``T*C*C`` 0/1 weights where ``T*C`` would do.
+    Only touches 3D inputs with batch 1 reduced over axis 1 (or -2) with an integer datatype.
     """
 
     def apply(self, model: ModelWrapper):
@@ -190,52 +190,48 @@ class InferTimePoolFromReduceSum(Transformation):
                 continue
             name = node.name or "ReduceSum"
             out_shape = model.get_tensor_shape(node.output[0])
-
-            def reshape(src, dst, target, suffix, dtype, dst_shape, name=name):
-                shp = model.make_new_valueinfo_name()
-                model.set_initializer(shp, np.asarray(target, dtype=np.int64))
-                if dst is None:
-                    dst = model.make_new_valueinfo_name()
-                    vi = helper.make_tensor_value_info(dst, TensorProto.FLOAT, dst_shape)
-                    graph.value_info.append(vi)
-                    model.set_tensor_datatype(dst, dtype)
-                return helper.make_node("Reshape", [src, shp], [dst], name=name + suffix), dst
-
-            flat = [1, 1, 1, t * c]
-            r_in, vec = reshape(node.input[0], None, flat, "_to_vector", idt, flat)
             acc_dt = smallest_int_datatype(int(t * idt.min()), int(t * idt.max()))
-            weights = model.make_new_valueinfo_name()
-            model.set_initializer(weights, np.ones((c, 1, t, 1), dtype=np.float32))
-            model.set_tensor_datatype(weights, DataType["UINT2"])
-            pooled = model.make_new_valueinfo_name()
-            graph.value_info.append(
-                helper.make_tensor_value_info(pooled, TensorProto.FLOAT, [1, 1, 1, c])
-            )
-            model.set_tensor_datatype(pooled, acc_dt)
-            pool = helper.make_node(
-                "VVAU",
-                [vec, weights],
-                [pooled],
-                domain="finn.custom_op.fpgadataflow",
-                backend="fpgadataflow",
-                name="TimePool_" + name,
-                PE=c,
-                SIMD=1,
-                Dim=[1, 1],
-                Channels=c,
-                Kernel=[t, 1],
-                inputDataType=idt.name,
-                weightDataType="UINT2",
-                outputDataType=acc_dt.name,
-                accDataType=acc_dt.name,
-                noActivation=1,
-                mem_mode="internal_embedded",
-            )
-            r_out, _ = reshape(
-                pooled, node.output[0], list(out_shape), "_from_vector", acc_dt, None
-            )
+
+            def tensor(shape, dtype):
+                name_ = model.make_new_valueinfo_name()
+                graph.value_info.append(
+                    helper.make_tensor_value_info(name_, TensorProto.FLOAT, shape)
+                )
+                model.set_tensor_datatype(name_, dtype)
+                return name_
+
+            def const(value, dtype=None):
+                name_ = model.make_new_valueinfo_name()
+                model.set_initializer(name_, value)
+                if dtype is not None:
+                    model.set_tensor_datatype(name_, dtype)
+                return name_
+
+            vec = tensor([1, t * c], idt)
+            summed = tensor([1, c], acc_dt)
+            weights = np.tile(np.eye(c, dtype=np.float32), (t, 1))  # W[t*C + c', c] = [c' == c]
+            nodes = [
+                helper.make_node(
+                    "Reshape",
+                    [node.input[0], const(np.asarray([1, t * c], dtype=np.int64))],
+                    [vec],
+                    name=name + "_to_vector",
+                ),
+                helper.make_node(
+                    "MatMul",
+                    [vec, const(weights, DataType["UINT2"])],
+                    [summed],
+                    name=name + "_time_sum",
+                ),
+                helper.make_node(
+                    "Reshape",
+                    [summed, const(np.asarray(out_shape, dtype=np.int64))],
+                    [node.output[0]],
+                    name=name + "_from_vector",
+                ),
+            ]
             idx = list(graph.node).index(node)
-            for k, new in enumerate((r_in, pool, r_out)):
+            for k, new in enumerate(nodes):
                 graph.node.insert(idx + k, new)
             graph.node.remove(node)
             changed = True
@@ -243,35 +239,6 @@ class InferTimePoolFromReduceSum(Transformation):
             model = model.transform(InferShapes())
             model = model.transform(InferDataTypes())
         return model, changed
-
-
-def is_time_pool(model: ModelWrapper, node) -> bool:
-    """A VVAU that no sliding-window generator feeds (built by InferTimePoolFromReduceSum)."""
-    if not node.op_type.startswith("VVAU"):
-        return False
-    producer = model.find_producer(node.input[0])
-    return producer is None or not producer.op_type.startswith("ConvolutionInputGenerator")
-
-
-def pin_time_pool_folding(model: ModelWrapper) -> list[str]:
-    """Set ``PE = Channels, SIMD = 1`` on every time-pool VVAU; names of the nodes changed.
-
-    Its input stream is the tensor in time-major order, which the VVAU reads as
-    ``(C/PE, T, PE)``: only ``PE = C`` (and one kernel element per cycle) keeps the two equal.
-    """
-    from qonnx.custom_op.registry import getCustomOp
-
-    changed = []
-    for node in model.graph.node:
-        if not is_time_pool(model, node):
-            continue
-        inst = getCustomOp(node)
-        want = {"PE": inst.get_nodeattr("Channels"), "SIMD": 1}
-        if any(inst.get_nodeattr(k) != v for k, v in want.items()):
-            for k, v in want.items():
-                inst.set_nodeattr(k, v)
-            changed.append(node.name)
-    return changed
 
 
 class WidenBinaryWeights(Transformation):

@@ -191,7 +191,7 @@ def step_convert_to_hw_transformer(model: ModelWrapper, cfg) -> ModelWrapper:
 
     Follows ``finn.builder.custom_step_library.transformer_adhoc.step_convert_to_hw``
     (scaled dot-product attention before MVAUs/thresholds, ReplicateStream for forks) and
-    adds a unit-weight VVAU for mean pooling over time, ``LayerNorm`` for affine-free layer
+    adds a 0/1-weight MVAU for mean pooling over time, ``LayerNorm`` for affine-free layer
     norms, and keeps the float output scaling (final ``Mul``/``Add``) in software.
     """
     from finn.transformation.fpgadataflow.attention import InferScaledDotProductAttention
@@ -386,6 +386,31 @@ def make_step_emulate(
 
 
 # -------------------------------------------------------------------------------- folding
+def _fit_folding(model: ModelWrapper, cfg, budget, record: dict) -> ModelWrapper:
+    """Fold for the fastest design within ``budget`` (finn_flow.fit); candidates to report/."""
+    import pandas as pd
+
+    from finn_flow.fit import _fold, choose, search
+
+    candidates = search(model, cfg, budget)
+    result = choose(candidates, budget)
+    report = Path(cfg.get_report_directory())
+    report.mkdir(parents=True, exist_ok=True)
+    table = pd.DataFrame([c.row() for c in candidates]).sort_values("fps")
+    table.to_csv(report / "folding_candidates.csv", index=False)
+    record["fit"] = result.as_dict()
+    record["fit_candidates"] = table
+    if not result.fits:
+        c = result.chosen
+        record["warnings"].append(
+            f"No folding fits {budget.source}: the smallest design needs "
+            f"{c.resources['LUT']:,.0f} LUT, {c.resources['BRAM_18K']:,.0f} BRAM_18K, "
+            f"{c.resources['DSP']:,.0f} DSP (estimates) at {c.fps:,.0f} inferences/s; "
+            f"binding resource: {result.binding}."
+        )
+    return _fold(model, result.chosen.target_fps, cfg)
+
+
 def _validate_folding_config(model: ModelWrapper, config: dict, path: Path) -> None:
     names = {n.name for n in model.graph.node}
     unknown = sorted(k for k in config if k != "Defaults" and k not in names)
@@ -410,10 +435,11 @@ def make_step_set_folding(record: dict) -> Step:
         from finn.util.config import extract_model_config_to_json
         from qonnx.transformation.general import GiveUniqueNodeNames
 
-        from finn_flow.hw_rewrites import pin_time_pool_folding
-
         model = model.transform(GiveUniqueNodeNames())
         target_cycles = cfg._resolve_cycles_per_frame()
+        budget = record.get("budget")
+        if target_cycles is None and cfg.folding_config_file is None and budget is not None:
+            model = _fit_folding(model, cfg, budget, record)
         if target_cycles is not None:
             model = adhoc_set_folding(model, dataclasses.replace(cfg, folding_config_file=None))
         if cfg.folding_config_file is not None:
@@ -426,9 +452,6 @@ def make_step_set_folding(record: dict) -> Step:
                 raise FinnFlowError(f"Folding config {path} must be a JSON object.")
             _validate_folding_config(model, config, path)
             model = model.transform(ApplyConfig(config))
-        pinned = pin_time_pool_folding(model)
-        if pinned and cfg.folding_config_file is not None:
-            log.info("time-pool VVAU folding kept at PE=Channels, SIMD=1: %s", pinned)
         model = model.transform(AnnotateCycles())
         perf = model.analysis(dataflow_performance)
         record["max_cycles"] = int(perf["max_cycles"])

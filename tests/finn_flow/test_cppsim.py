@@ -7,7 +7,7 @@ graphs compile once); each compile takes 10-30 s on two cores.
 
 Measured facts these tests pin down (finn-plus 1.6.1, finn-hlslib as in ../shared/hls):
 
-* MVAU_hls, Thresholding_hls, ElementwiseAdd_hls, ReplicateStream_hls, VVAU_hls: bit-exact.
+* MVAU_hls, Thresholding_hls, ElementwiseAdd_hls, ReplicateStream_hls: bit-exact.
 * LayerNorm_hls: float32 arithmetic (max 2.4e-7 here). finn-plus's generated code calls
   ``layernorm<N>(in, out)`` without the node's ``epsilon`` (the kernel then used finn-hlslib's
   default, an effective ``1e-5 / N**2``); :mod:`finn_flow.finn_fixes` passes it.
@@ -21,6 +21,7 @@ Measured facts these tests pin down (finn-plus 1.6.1, finn-hlslib as in ../share
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -422,7 +423,9 @@ def test_attention_thresholds_compare_like_python(toolchain, tmp_path):
     assert params and all("comp::less<" not in p.read_text() for p in params)
 
 
-def test_rtl_nodes_fall_back_to_python(toolchain, tmp_path):
+def test_rtl_nodes_run_in_verilator_or_python(toolchain, tmp_path):
+    """cppsim runs FINN's Python for *_rtl nodes; with rtl_sim (the default) the ones
+    Verilator supports are then simulated as RTL and marked rtl-verilator."""
     shape = [1, 4, 6]
     node = helper.make_node(
         "Thresholding_rtl",
@@ -448,9 +451,12 @@ def test_rtl_nodes_fall_back_to_python(toolchain, tmp_path):
         dtypes={"x": "INT4", "T": "INT4", "y": "UINT2"},
     )
     x = _ints(np.random.default_rng(5), -8, 8, (3, *shape))
-    result = _simulate(model, x, toolchain, tmp_path)
+    result = _simulate(model, x, toolchain, tmp_path / "py", rtl_sim=False)
     assert result.compile.kernels == []
     assert [(n.level, n.max_abs_diff) for n in result.nodes] == [("python", 0.0)]
+    if shutil.which("verilator"):
+        result = _simulate(model, x, toolchain, tmp_path / "rtl")
+        assert [(n.level, n.max_abs_diff) for n in result.nodes] == [("rtl-verilator", 0.0)]
 
 
 # --------------------------------------------------------------------------------- cache

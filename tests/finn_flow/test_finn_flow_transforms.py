@@ -144,3 +144,29 @@ def test_brevitas_shifted_transformer_rewrite_exact(transformer_zp_model):
     assert quant_nodes_with_zero_point(m1) == []
     xs = list(models.random_inputs(shape, 4))
     assert _max_diff(m0, m1, xs) <= TOL
+
+
+def test_time_pool_is_an_exact_01_matmul():
+    """ReduceSum over time of (1, T, C) integers == Reshape -> MatMul(0/1) -> Reshape."""
+    from qonnx.core.datatype import DataType
+
+    from finn_flow.hw_rewrites import InferTimePoolFromReduceSum
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 24, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])
+    node = helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=0, name="pool")
+    graph = helper.make_graph([node], "g", [x], [y])
+    model = ModelWrapper(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    model.set_initializer("axes", np.asarray([1], dtype=np.int64))
+    model.set_tensor_datatype("x", DataType["INT8"])
+    model = model.transform(InferShapes())
+    rng = np.random.default_rng(0)
+    inputs = [rng.integers(-128, 128, (1, 24, 16)).astype(np.float32) for _ in range(3)]
+    inputs.append(np.full((1, 24, 16), -128, np.float32))  # extremes: the accumulator range
+    before = [execute_onnx(model, {"x": v})["y"] for v in inputs]
+    new, changed = InferTimePoolFromReduceSum().apply(model)
+    assert changed
+    assert [n.op_type for n in new.graph.node] == ["Reshape", "MatMul", "Reshape"]
+    for v, ref in zip(inputs, before, strict=True):
+        assert np.array_equal(execute_onnx(new, {"x": v})["y"], ref)
+    assert InferTimePoolFromReduceSum().apply(new)[1] is False
