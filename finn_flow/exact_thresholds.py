@@ -54,6 +54,9 @@ __all__ = [
 FLOAT_SOURCES = ("LayerNormalization",)
 #: Scalar-constant elementwise ops that may stand between a float source and its quantiser.
 _CHAIN_OPS = ("Add", "Sub", "Mul", "Div")
+#: Layout changes of the graph input that may stand in front of its quantiser (they stay
+#: in software; e.g. the NCW -> NWC transpose of finn_flow.conv1d).
+_LAYOUT_OPS = ("Transpose", "Reshape")
 #: Model metadata key listing the SHA-256 of every exact threshold array.
 METADATA_KEY = "finn_flow.exact_thresholds"
 
@@ -169,6 +172,12 @@ class QuantFloatInputToExactThresholds(Transformation):
                 return None
             if producer.op_type in FLOAT_SOURCES:
                 return chain
+            if (
+                producer.op_type in _LAYOUT_OPS
+                and producer.input[0] in graph_inputs
+                and not model.is_fork_node(producer)
+            ):
+                return chain  # the graph input in another layout: the same float32 values
             if producer.op_type not in _CHAIN_OPS or model.is_fork_node(producer):
                 return None
             const = model.get_initializer(producer.input[1])

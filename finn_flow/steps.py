@@ -47,6 +47,9 @@ _UNMAPPED_HINTS = {
     "LayerNormalization": "layer norm with affine terms (use elementwise_affine=False)",
     "BatchNormalization": "batch norm not folded (export the model in eval mode)",
     "Relu": "the quantiser after ReLU must be unsigned and not narrow",
+    "Conv": "only 1D convolutions (QuantConv1d) with groups=1 and constant weights are "
+    "lowered (finn_flow.conv1d); 2D/grouped convolutions are not supported by this flow",
+    "Im2Col": "the sliding window's input is not an integer tensor: quantise the conv input",
     "Quant": "a quantiser FINN cannot convert (e.g. > 8 bit activation, or non-zero zero "
     "point not lowered)",
 }
@@ -57,6 +60,27 @@ def _is_hw(node) -> bool:
 
 
 # --------------------------------------------------------------------------- frontend steps
+def step_conv1d_to_channels_last(model: ModelWrapper, cfg) -> ModelWrapper:
+    """1D convolutions as channels-last ``Im2Col + MatMul`` (:mod:`finn_flow.conv1d`).
+
+    Runs on the QONNX model, before the zero-point lowering and FINN's import; a no-op for
+    models without a 3D ``Conv`` (MLPs, Transformers).
+    """
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    from finn_flow.conv1d import Conv1dToChannelsLast
+
+    model = model.transform(InferShapes()).transform(Conv1dToChannelsLast())
+    left = [n for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose")]
+    if left:
+        raise FinnFlowError(
+            f"FINN cannot map {len(left)} convolution(s): "
+            + ", ".join(f"{n.op_type} {n.name!r}" for n in left)
+            + f". {_UNMAPPED_HINTS['Conv']}."
+        )
+    return model
+
+
 def step_lower_zero_points(model: ModelWrapper, cfg) -> ModelWrapper:
     """Exact thresholds for float-input quantisers, then exact zero-point lowering.
 
@@ -196,6 +220,7 @@ def step_convert_to_hw_transformer(model: ModelWrapper, cfg) -> ModelWrapper:
     """
     from finn.transformation.fpgadataflow.attention import InferScaledDotProductAttention
     from finn.transformation.fpgadataflow.convert_to_hw.concat import InferConcatLayer
+    from finn.transformation.fpgadataflow.convert_to_hw.conv_inp_gen import InferConvInpGen
     from finn.transformation.fpgadataflow.convert_to_hw.elementwise_binary_operation import (
         InferElementwiseBinaryOperation,
     )
@@ -236,6 +261,7 @@ def step_convert_to_hw_transformer(model: ModelWrapper, cfg) -> ModelWrapper:
     model = model.transform(InferVectorVectorActivation())
     model = model.transform(InferThresholdingLayer())
     model = model.transform(InferLayerNorm())
+    model = model.transform(InferConvInpGen())  # Im2Col -> FMPadding + sliding window (1D conv)
     model = model.transform(AbsorbConsecutiveTransposes())
     model = model.transform(RemoveCNVtoFCFlatten())
     model = model.transform(InferElementwiseBinaryOperation(is_output_dequant_tail))
@@ -525,6 +551,7 @@ def float_datapath_nodes(model: ModelWrapper) -> list[dict]:
 # ----------------------------------------------------------------------------- step lists
 #: finn-plus steps after the dataflow partition up to the estimate reports
 _FRONT = [
+    step_conv1d_to_channels_last,
     step_lower_zero_points,
     "step_qonnx_to_finn",
     "step_tidy_up",

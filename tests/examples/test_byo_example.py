@@ -44,3 +44,33 @@ def test_byo_model_follows_the_plan():
     decisions = example.scheme_decisions(model)
     assert set(decisions.values()) <= {"SQ", "AQ"}
     assert "relu1.act_quant" in decisions
+
+
+def test_byo_model_builds_with_finn_and_emulates_exactly(tmp_path):
+    """`apq build` of the example's exported 1D-conv model (it failed in step_qonnx_to_finn
+    before finn_flow.conv1d): FINN maps it completely and emulates it like QONNX, on inputs
+    saved with --inputs."""
+    import json
+
+    import numpy as np
+    import pytest
+    from typer.testing import CliRunner
+
+    pytest.importorskip("finn")
+    from brevitas_apq.cli import app
+
+    example = _load_example()
+    example.main(["--quick", "--out", str(tmp_path)])
+    x = np.random.default_rng(0).uniform(0, 1, size=(6, 24, 3)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "finn"
+    result = CliRunner().invoke(
+        app,
+        ["build", str(tmp_path / "byo_model.onnx"), "--inputs", str(tmp_path / "x.npy"),
+         "--windows", "6", "--out", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["emulation"]["passed"] and summary["emulation"]["max_abs_diff"] <= 1e-6
+    assert {n["op"] for n in summary["nodes_outside_dataflow_partition"]} <= {"Mul", "Add"}
+    assert summary["fit"]["fits"]
