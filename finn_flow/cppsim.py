@@ -144,7 +144,8 @@ def _is_hw(node) -> bool:
 
 
 # ------------------------------------------------------------------------------- hashing
-def _sha256(*parts: bytes | str) -> str:
+def sha256_of(*parts: bytes | str) -> str:
+    """SHA-256 of length-prefixed parts (so that part boundaries matter): cache keys."""
     h = hashlib.sha256()
     for part in parts:
         data = part.encode() if isinstance(part, str) else part
@@ -164,7 +165,7 @@ def _tree_hash(root: Path) -> str:
     parts: list[bytes | str] = []
     for path in _tree_files(root):
         parts += [path.relative_to(root).as_posix(), path.read_bytes()]
-    return _sha256(*parts)
+    return sha256_of(*parts)
 
 
 @functools.cache
@@ -343,10 +344,11 @@ class PreparedToolchain:
     kernel_cache: Path
 
 
-def _atomic_folder(dest: Path, build) -> Path:
-    """Create ``dest`` by ``build(tmp)`` in a temporary sibling folder and a rename."""
+def atomic_folder(dest: Path, build) -> bool:
+    """Create ``dest`` by ``build(tmp)`` in a temporary sibling folder and a rename (safe
+    against concurrent and interrupted builds). False if ``dest`` was already complete."""
     if (dest / ".complete").is_file():
-        return dest
+        return False
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
@@ -363,7 +365,7 @@ def _atomic_folder(dest: Path, build) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+    return True
 
 
 def _shim_source_dir() -> Path:
@@ -493,34 +495,32 @@ def _hashes(tc: HlsToolchain) -> dict[str, str]:
     """Content hashes of the toolchain's inputs (read once per process)."""
     finn_dir = _finn_package_dir()
     compiler = _compiler_version()
-    common = _sha256(
+    common = sha256_of(
         SHIM_VERSION,
         compiler,
         _finn_version(),
         _tree_hash(finn_dir / "templates" / "npy2stream"),
         _tree_hash(finn_dir / "custom_hls"),
     )
-    libs = _sha256(SHIM_VERSION, *(_tree_hash(tc.hls_dir / name) for name in HLSLIBS))
+    libs = sha256_of(SHIM_VERSION, *(_tree_hash(tc.hls_dir / name) for name in HLSLIBS))
     if tc.uses_shim:
-        shim = _sha256(
+        shim = sha256_of(
             SHIM_VERSION, compiler, _tree_hash(tc.ap_types), _tree_hash(_shim_source_dir())
         )
-        deps = _sha256(libs, _LIMITS_PATCHED)
-        return {"shim": shim, "deps": deps, "fingerprint": _sha256(common, "shim", shim, deps)}
+        deps = sha256_of(libs, _LIMITS_PATCHED)
+        return {"shim": shim, "deps": deps, "fingerprint": sha256_of(common, "shim", shim, deps)}
     version = next(iter(sorted(tc.xilinx_hls.glob("*.version"))), None)
-    vitis = _sha256(str(tc.xilinx_hls), version.read_text() if version else "")
-    return {"fingerprint": _sha256(common, "vitis", vitis, libs)}
+    vitis = sha256_of(str(tc.xilinx_hls), version.read_text() if version else "")
+    return {"fingerprint": sha256_of(common, "vitis", vitis, libs)}
 
 
 def _prepare(tc: HlsToolchain) -> PreparedToolchain:
     hashes = _hashes(tc)
     if tc.uses_shim:
-        xilinx = _atomic_folder(
-            tc.cache_dir / f"hls-shim-{hashes['shim'][:16]}", lambda d: _build_shim(tc, d)
-        )
-        deps = _atomic_folder(
-            tc.cache_dir / f"hls-deps-{hashes['deps'][:16]}", lambda d: _build_deps(tc, d)
-        )
+        xilinx = tc.cache_dir / f"hls-shim-{hashes['shim'][:16]}"
+        atomic_folder(xilinx, lambda d: _build_shim(tc, d))
+        deps = tc.cache_dir / f"hls-deps-{hashes['deps'][:16]}"
+        atomic_folder(deps, lambda d: _build_deps(tc, d))
     else:
         xilinx, deps = tc.xilinx_hls, tc.hls_dir
     return PreparedToolchain(
@@ -689,7 +689,7 @@ def _job_key(job: _Job, prep: PreparedToolchain) -> str:
     parts: list[bytes | str] = [SHIM_VERSION, prep.fingerprint, job.command]
     for name in sorted(job.sources):
         parts += [name, job.sources[name]]
-    return _sha256(*parts)
+    return sha256_of(*parts)
 
 
 def _run_compiler(command: str, cwd: Path, env: Mapping[str, str]) -> subprocess.CompletedProcess:
@@ -741,7 +741,8 @@ def _compile_job(job: _Job, prep: PreparedToolchain, env: Mapping[str, str]) -> 
         )
         shutil.rmtree(src)
 
-    return _atomic_folder(entry, build)
+    atomic_folder(entry, build)
+    return entry
 
 
 def _install(job: _Job, entry: Path) -> Path:

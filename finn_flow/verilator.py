@@ -79,7 +79,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -87,12 +86,12 @@ import re
 import shutil
 import subprocess
 import time
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from finn_flow.cppsim import atomic_folder, default_cache_dir, sha256_of
 from finn_flow.errors import FinnFlowError
 
 __all__ = [
@@ -481,47 +480,6 @@ def known_differences(node) -> list[str]:
 
 
 # ------------------------------------------------------------------------------- cache
-def _default_cache_dir() -> Path:
-    from finn_flow.cppsim import default_cache_dir
-
-    return default_cache_dir()
-
-
-def _sha256(*parts: bytes | str) -> str:
-    h = hashlib.sha256()
-    for part in parts:
-        data = part.encode() if isinstance(part, str) else part
-        h.update(len(data).to_bytes(8, "little"))
-        h.update(data)
-    return h.hexdigest()
-
-
-def _atomic_folder(dest: Path, build) -> bool:
-    """Create ``dest`` by ``build(tmp)`` in a temporary sibling folder and a rename.
-
-    Returns False if ``dest`` was already complete (nothing built).
-    """
-    if (dest / ".complete").is_file():
-        return False
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.mkdir()
-        build(tmp)
-        (tmp / ".complete").write_text("")
-        if dest.exists() and not (dest / ".complete").is_file():
-            shutil.rmtree(dest, ignore_errors=True)  # an interrupted earlier attempt
-        try:
-            tmp.rename(dest)
-        except OSError:
-            if not (dest / ".complete").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return True
-
-
 def _run_verilator(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """Run one Verilator build (a seam for tests counting compiler runs)."""
     env = dict(os.environ, MAKEFLAGS="-j1")
@@ -673,8 +631,8 @@ def _build(model, node, work: Path, cache_dir) -> tuple[RtlSimBuild, object]:
         parts += ["hdl", name, content]
     for path in data:
         parts += ["data", path.name, path.read_bytes()]
-    key = _sha256(*parts)
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir()
+    key = sha256_of(*parts)
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     entry = cache.absolute() / "verilator" / key
 
     def compile_into(tmp: Path) -> None:
@@ -721,7 +679,7 @@ def _build(model, node, work: Path, cache_dir) -> tuple[RtlSimBuild, object]:
         )
 
     t1 = time.perf_counter()
-    built = _atomic_folder(entry, compile_into)
+    built = atomic_folder(entry, compile_into)
     t_compile = time.perf_counter() - t1 if built else 0.0
     if built:
         log.info("Verilator: compiled %s (%s) in %.1f s", node.name, node.op_type, t_compile)
