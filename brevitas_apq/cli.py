@@ -550,8 +550,8 @@ def sensitivity(
     )
     base = result["baselines"]
     table = Table(
-        title=f"apq sensitivity: {run_dir} (all-{high} RMSE {base['base-high']['test_rmse']:.3f}, "
-        f"all-{low} RMSE {base['base-low']['test_rmse']:.3f})"
+        title=f"apq sensitivity: {run_dir} (validation RMSE: all-{high} "
+        f"{base['base-high']['val_rmse']:.3f}, all-{low} {base['base-low']['val_rmse']:.3f})"
     )
     for col in (
         "rank",
@@ -576,7 +576,8 @@ def sensitivity(
     console.print(table)
     proposal = result["proposal"]
     console.print(
-        f"proposed plan {result['plan'].name}: test RMSE {proposal['test_rmse']:.3f}, "
+        f"proposed plan {result['plan'].name} (chosen on validation): validation RMSE "
+        f"{proposal['val_rmse']:.3f}, test RMSE {proposal['test_rmse']:.3f}, "
         f"size {proposal['model_size_bits']:,} bits -> {result['plan_path']}"
     )
     console.print(
@@ -669,7 +670,8 @@ def search(
     table = Table(title=f"Pareto front of {study_name} ({len(result['trials'])} finished trials)")
     for column in (
         "trial",
-        "RMSE",
+        "val RMSE",
+        "test RMSE",
         "size (bits)",
         "zero-point ops",
         "bits L1-L8",
@@ -681,7 +683,8 @@ def search(
         layer_bits = ",".join(str(getattr(r, f"bits_L{i}")) for i in range(1, 9))
         table.add_row(
             str(r.trial),
-            f"{r.rmse:.3f}",
+            f"{r.val_rmse:.3f}",
+            f"{r.test_rmse:.3f}",
             f"{r.model_size_bits:,.0f}",
             f"{r.zero_point_ops:,.0f}",
             layer_bits,

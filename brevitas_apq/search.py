@@ -3,9 +3,10 @@
 Each trial picks a bit width per linear layer ``L1``-``L8`` (its weight, bias and output), one
 bit width for the other activations (the model input stays at 8 bits), a scheme for the
 weights and biases and one for the activations (sq / aq / apq), trains QAT from a shared float
-model and reports three objectives, all minimised: test RMSE, model size in bits and
-zero-point operations per inference (``metrics["zero_point_ops"]``; where a metrics file has
-none, the number of quantisers using AQ stands in).
+model and reports three objectives, all minimised: validation RMSE (the search never looks
+at the test split; test RMSE is recorded per trial as ``test_rmse``, for reporting), model size
+in bits and zero-point operations per inference (``metrics["zero_point_ops"]``, 0 included;
+where a metrics file has none, the number of quantisers using AQ stands in).
 
 Sharing and resuming:
 
@@ -49,7 +50,8 @@ from brevitas_apq import io
 from brevitas_apq.plans import ACTIVATIONS, LAYERS, UNSIGNED_ACTIVATIONS, BitPlan
 from brevitas_apq.training import CHECKPOINT, DataSpec, TrainConfig
 
-OBJECTIVES = ("rmse", "model_size_bits", "zero_point_ops")
+#: What the search minimises: validation RMSE (never the test split), size, zero-point ops.
+OBJECTIVES = ("val_rmse", "model_size_bits", "zero_point_ops")
 SCHEMES = ("sq", "aq", "apq")
 SAMPLERS = ("tpe", "nsga2", "random")
 DEFAULT_STUDY = "apq-search"
@@ -287,6 +289,12 @@ def open_study(storage: str, study_name: str, settings: dict[str, Any], sampler,
                 f"objective(s), not {len(OBJECTIVES)}: it is not an `apq search` study"
             )
         saved = study.user_attrs.get("settings")
+        objectives = study.user_attrs.get("objectives")
+        if saved is not None and objectives != list(OBJECTIVES):
+            raise SearchError(
+                f"study {study_name!r} optimises {objectives} (an older apq that selected on the "
+                f"test split), this apq {list(OBJECTIVES)}: use another --study-name"
+            )
         if saved is None:
             study.set_user_attr("settings", settings)
             study.set_user_attr("objectives", list(OBJECTIVES))
@@ -297,6 +305,14 @@ def open_study(storage: str, study_name: str, settings: dict[str, Any], sampler,
                 "use the same options, or another --study-name"
             )
     return study
+
+
+def _validation_rmse(run: Path) -> float:
+    """Validation RMSE of a finished run's quantised model (runs that predate ``val_rmse``)."""
+    from brevitas_apq.training import evaluate, load_run
+
+    _, quant_model, spec = load_run(run)
+    return evaluate(quant_model, spec.load(), "val")["rmse"]
 
 
 def trials_frame(study) -> pd.DataFrame:
@@ -318,7 +334,7 @@ def pareto_frame(study) -> pd.DataFrame:
     frame = trials_frame(study)
     if frame.empty:
         return frame
-    return frame[frame.trial.isin(front)].sort_values(["rmse", "model_size_bits"])
+    return frame[frame.trial.isin(front)].sort_values(["val_rmse", "model_size_bits"])
 
 
 def trials_exist(study) -> bool:
@@ -336,10 +352,10 @@ def plot_pareto(trials: pd.DataFrame, pareto: pd.DataFrame, path: Path) -> Path:
     if trials.empty:
         ax.text(0.5, 0.5, "no finished trial yet", ha="center", va="center")
     else:
-        ax.scatter(trials.model_size_bits, trials.rmse, color="0.7", s=18, label="trials")
+        ax.scatter(trials.model_size_bits, trials.val_rmse, color="0.7", s=18, label="trials")
         points = ax.scatter(
             pareto.model_size_bits,
-            pareto.rmse,
+            pareto.val_rmse,
             c=pareto.zero_point_ops,
             cmap="viridis",
             s=40,
@@ -348,10 +364,14 @@ def plot_pareto(trials: pd.DataFrame, pareto: pd.DataFrame, path: Path) -> Path:
         )
         fig.colorbar(points, ax=ax, label="zero-point operations")
         for r in pareto.itertuples():
-            ax.annotate(str(r.trial), (r.model_size_bits, r.rmse), fontsize=7, xytext=(3, 3),
+            ax.annotate(str(r.trial), (r.model_size_bits, r.val_rmse), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")  # fmt: skip
         ax.legend()
-    ax.set(xlabel="model size (bits)", ylabel="test RMSE", title="Bit-plan search: Pareto front")
+    ax.set(
+        xlabel="model size (bits)",
+        ylabel="validation RMSE (the objective)",
+        title="Bit-plan search: Pareto front",
+    )
     ax.grid(alpha=0.3)
     return io.save_figure(fig, path)
 
@@ -438,15 +458,23 @@ def search(
         schemes = metrics.get("schemes", {})
         n_aq = sum(v == "AQ" for v in schemes.values())
         zp = metrics.get("zero_point_ops")
+        val_rmse = metrics.get("val_rmse")
+        if val_rmse is None:  # a run trained before metrics recorded it
+            val_rmse = _validation_rmse(run)
         trial.set_user_attr("run_dir", str(run.resolve()))
         trial.set_user_attr("worker", worker)
         trial.set_user_attr("n_aq", n_aq)
         trial.set_user_attr("zero_point_ops_source", "metrics" if zp is not None else "n_aq")
         trial.set_user_attr("float_rmse", metrics.get("float_rmse"))
-        values = (float(metrics["rmse"]), float(metrics["model_size_bits"]), float(zp or n_aq))
+        trial.set_user_attr("test_rmse", metrics.get("rmse"))  # reported, never selected on
+        values = (
+            float(val_rmse),
+            float(metrics["model_size_bits"]),
+            float(zp if zp is not None else n_aq),
+        )
         log(
-            f"trial {trial.number}: RMSE {values[0]:.3f}, size {values[1]:,.0f} bits, "
-            f"zero-point ops {values[2]:,.0f} ({worker})"
+            f"trial {trial.number}: validation RMSE {values[0]:.3f} (test {metrics['rmse']:.3f}),"
+            f" size {values[1]:,.0f} bits, zero-point ops {values[2]:,.0f} ({worker})"
         )
         return values
 

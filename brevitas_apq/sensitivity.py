@@ -211,13 +211,15 @@ def _run_config(
             progress=progress,
             desc=name,
         )
-        test = evaluate(model, dataset, "test")
+        val = evaluate(model, dataset, "val")  # ranks and proposes
+        test = evaluate(model, dataset, "test")  # reported only
         ops = operation_counts(model)
         result = {
             "name": name,
             "plan": plan.name,
             "plan_spec": plan_dict,
             "settings": settings,
+            "val_rmse": val["rmse"],
             "test_rmse": test["rmse"],
             "test_mae": test["mae"],
             "best_val_rmse": min(h["val_rmse"] for h in history),
@@ -313,9 +315,11 @@ def run_sensitivity(
                     f"{path} was computed with other settings ({changes}); pass --overwrite to "
                     "recompute, or use the same options"
                 )
-            results[name] = saved
-        else:
-            todo.append((name, config_plan, path))
+            if "val_rmse" in saved:
+                results[name] = saved
+                continue
+        # new, or computed by an apq that ranked on the test split (no val_rmse): (re)compute
+        todo.append((name, config_plan, path))
     skipped = sorted(results)
 
     def done(name: str, result: dict) -> None:
@@ -349,7 +353,11 @@ def run_sensitivity(
         name = "keep-" + "+".join(kept)
         path = config_dir / f"{name}.json"
         saved = json.loads(path.read_text()) if path.is_file() and not overwrite else {}
-        if saved.get("settings") == stamp and saved.get("plan_spec") == _jsonable(proposed):
+        if (
+            saved.get("settings") == stamp
+            and saved.get("plan_spec") == _jsonable(proposed)
+            and "val_rmse" in saved
+        ):
             proposal = saved
         else:
             proposal = _run_config(str(run_dir), name, proposed.to_dict(), stamp, str(path))
@@ -386,20 +394,29 @@ def _jsonable(plan: BitPlan) -> Any:
 
 
 def _brief(result: dict) -> dict:
-    keys = ("plan", "test_rmse", "test_mae", "int_ops", "zero_point_ops", "model_size_bits")
+    keys = (
+        "plan",
+        "val_rmse",
+        "test_rmse",
+        "test_mae",
+        "int_ops",
+        "zero_point_ops",
+        "model_size_bits",
+    )
     return {k: result[k] for k in keys}
 
 
 def sensitivity_table(results: dict[str, dict]) -> pd.DataFrame:
     """One row per layer from the configuration results, most sensitive first.
 
-    ``delta_low = rmse(Lk low, rest high) - rmse(all high)`` (damage of lowering the layer),
-    ``delta_high = rmse(all low) - rmse(Lk high, rest low)`` (gain of raising it),
+    On the validation split (the ranking chooses the proposed plan, so it never looks at the
+    test split): ``delta_low = rmse(Lk low, rest high) - rmse(all high)`` (damage of lowering
+    the layer), ``delta_high = rmse(all low) - rmse(Lk high, rest low)`` (gain of raising it),
     ``score = delta_low + delta_high``; ``rank`` by score, ``rank_low`` / ``rank_high`` by each
-    delta alone (1 = most sensitive).
+    delta alone (1 = most sensitive). ``test_rmse_layer_low/high`` are reported alongside.
     """
-    base_high = results[BASE_HIGH]["test_rmse"]
-    base_low = results[BASE_LOW]["test_rmse"]
+    base_high = results[BASE_HIGH]["val_rmse"]
+    base_low = results[BASE_LOW]["val_rmse"]
     rows = []
     for layer in LAYERS:
         low = results[f"{layer}-low"]
@@ -407,12 +424,14 @@ def sensitivity_table(results: dict[str, dict]) -> pd.DataFrame:
         rows.append(
             {
                 "layer": layer,
-                "rmse_layer_low": low["test_rmse"],
-                "rmse_layer_high": high["test_rmse"],
+                "rmse_layer_low": low["val_rmse"],
+                "rmse_layer_high": high["val_rmse"],
                 "base_high_rmse": base_high,
                 "base_low_rmse": base_low,
-                "delta_low": low["test_rmse"] - base_high,
-                "delta_high": base_low - high["test_rmse"],
+                "delta_low": low["val_rmse"] - base_high,
+                "delta_high": base_low - high["val_rmse"],
+                "test_rmse_layer_low": low["test_rmse"],
+                "test_rmse_layer_high": high["test_rmse"],
                 "int_ops_layer_low": low["int_ops"],
                 "size_bits_layer_low": low["model_size_bits"],
                 "size_bits_layer_high": high["model_size_bits"],
@@ -444,10 +463,10 @@ def plot_sensitivity(
     ax.bar(x + 0.2, ordered.delta_high, 0.4, label=f"layer at {hi} b, rest {lo} b: RMSE decrease")
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(x, list(ordered.index))
-    ax.set_ylabel("test RMSE change (target units)")
+    ax.set_ylabel("validation RMSE change (target units)")
     ax.set_title(
-        f"Per-layer sensitivity (all-{hi} RMSE {baselines[BASE_HIGH]['test_rmse']:.2f}, "
-        f"all-{lo} RMSE {baselines[BASE_LOW]['test_rmse']:.2f})"
+        f"Per-layer sensitivity (validation RMSE: all-{hi} {baselines[BASE_HIGH]['val_rmse']:.2f}"
+        f", all-{lo} {baselines[BASE_LOW]['val_rmse']:.2f})"
     )
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)

@@ -538,6 +538,9 @@ def _finish(
     quant_model.eval()
     quant = evaluate(quant_model, dataset, "test")
     flt = evaluate(float_model, dataset, "test")
+    # validation figures: what anything that chooses (search, sensitivity) may look at
+    quant_val = evaluate(quant_model, dataset, "val")
+    flt_val = evaluate(float_model, dataset, "val")
     _, y_test, t_test = dataset.arrays("test")
     truth = dataset.inverse_target(y_test)
     persistence = _rmse(dataset.inverse_target(dataset.persistence("test")), truth)
@@ -546,6 +549,9 @@ def _finish(
     epochs_run = {p: int((history.phase == p).sum()) if len(history) else 0 for p in PHASES}
     metrics = {
         **quant,
+        "val_rmse": quant_val["rmse"],
+        "val_mae": quant_val["mae"],
+        "float_val_rmse": flt_val["rmse"],
         "float_rmse": flt["rmse"],
         "float_mae": flt["mae"],
         "float_rmse_normalised": flt["rmse_normalised"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import pwd
 import shutil
@@ -82,7 +83,12 @@ def test_two_workers_share_one_sqlite_study(tmp_path, small_csv):
     assert len(list((out / "float").iterdir())) == 2  # one float model (and its lock file)
     pareto = pd.read_csv(out / "pareto.csv")
     assert 1 <= len(pareto) <= 2
-    assert {"rmse", "model_size_bits", "zero_point_ops", "bits_L1", "run_dir"} <= set(pareto)
+    assert {"val_rmse", "model_size_bits", "zero_point_ops", "bits_L1", "run_dir"} <= set(pareto)
+    # the objective is the validation RMSE of the trial's run; test RMSE is only reported
+    for t in complete:
+        metrics = json.loads((Path(t.user_attrs["run_dir"]) / "metrics.json").read_text())
+        assert t.values[0] == metrics["val_rmse"] != metrics["rmse"]
+        assert t.user_attrs["test_rmse"] == metrics["rmse"]
     assert (out / "pareto.png").is_file() and len(pd.read_csv(out / "trials.csv")) == 2
 
 

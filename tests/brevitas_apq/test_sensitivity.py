@@ -107,8 +107,14 @@ def test_study_writes_table_plot_and_plan(run_dir, study):
     assert list(table["rank"]) == list(range(1, 9))
     assert table.score.is_monotonic_decreasing
     np.testing.assert_allclose(table.score, table.delta_low + table.delta_high)
-    base_high = study["baselines"][BASE_HIGH]["test_rmse"]
+    # ranked on the validation split; test RMSE only reported beside it
+    base_high = study["baselines"][BASE_HIGH]["val_rmse"]
     np.testing.assert_allclose(table.delta_low, table.rmse_layer_low - base_high)
+    for r in table.itertuples():
+        config = json.loads((out / "configs" / f"{r.layer}-low.json").read_text())
+        assert r.rmse_layer_low == pytest.approx(config["val_rmse"], rel=1e-12)
+        assert r.test_rmse_layer_low == pytest.approx(config["test_rmse"], rel=1e-12)
+        assert config["val_rmse"] != config["test_rmse"]
     assert sorted(table.rank_low) == list(range(1, 9))
     # the proposal keeps the top layer at 8 bits, everything else at 4
     top = table.layer[0]
