@@ -173,11 +173,12 @@ def build_model(
         finn_flow.EmulationMismatchError: emulation differs from the QONNX or Brevitas
             outputs by more than ``tolerance`` (``summary.json`` is written first).
     """
-    from finn_flow.build import build, cppsim_failure, write_summary
+    from finn_flow.build import build, cppsim_failure, load_qonnx_model, write_summary
     from finn_flow.emulation import qonnx_reference
     from finn_flow.errors import EmulationMismatchError, FinnFlowError
 
     model_path, out = Path(model_path), Path(out)
+    load_qonnx_model(model_path)  # refuses non-QONNX files and unknown node domains first
     if not isinstance(windows, int) or windows < 0:
         raise FinnFlowError(f"windows={windows!r} is invalid; allowed: an integer >= 0")
     if inputs is not None and run_dir is not None:
@@ -326,7 +327,7 @@ def summary_table(summary: dict[str, Any], title: str | None = None):
     name = summary.get("board") or summary.get("part")
     table = Table(title=title or f"FINN estimate: {name} ({summary.get('part')})")
     table.add_column("")
-    table.add_column("estimate", justify="right")
+    table.add_column("estimate (FINN + model)", justify="right")
     table.add_column(f"{name}", justify="right")
     table.add_column("use", justify="right")
     for key in ("LUT", "BRAM_18K", "URAM", "DSP"):

@@ -48,6 +48,9 @@ from finn_flow.no_vivado import finn_session, vivado_available
 __all__ = ["build", "flow_steps", "load_qonnx_model"]
 
 DEFAULT_TOLERANCE = 1e-4
+#: Node domains a model may use (anything else is refused before qonnx imports it).
+_STANDARD_DOMAINS = ("", "ai.onnx", "onnx.brevitas")
+_KNOWN_DOMAINS = ("qonnx.custom_op.", "finn.custom_op.")
 _FINN_HW = "finn.custom_op.fpgadataflow"
 
 
@@ -66,6 +69,21 @@ def load_qonnx_model(model_path: str | Path):
         raise FinnFlowError(f"{path} is not an ONNX model ({type(exc).__name__}: {exc}).") from exc
     if len(proto.graph.node) == 0:
         raise FinnFlowError(f"{path} is not an ONNX model (no graph nodes).")
+    # qonnx resolves a node's domain with importlib.import_module: an untrusted file could name
+    # any installed module. Refuse domains outside ONNX's, QONNX's and FINN's before that.
+    foreign = sorted(
+        {
+            f"{n.domain!r} ({n.op_type} {n.name!r})"
+            for n in proto.graph.node
+            if n.domain not in _STANDARD_DOMAINS and not n.domain.startswith(_KNOWN_DOMAINS)
+        }
+    )
+    if foreign:
+        raise FinnFlowError(
+            f"{path} has nodes in unknown domains: {', '.join(foreign[:5])}. Only ONNX, QONNX "
+            "(qonnx.custom_op.*) and FINN (finn.custom_op.*) operators are accepted; export the "
+            "model with brevitas.export.export_qonnx."
+        )
     model = ModelWrapper(proto)
     ops = [n.op_type for n in model.graph.node]
     if not any(op in ("Quant", "BipolarQuant", "Trunc", "MultiThreshold") for op in ops):
@@ -181,6 +199,15 @@ def _summarise(out_dir: Path, target: Board, record: dict, cfg, t0: float, full:
         "resources_finn_estimate": finn_total,
         "resources_with_attention_estimate": with_attn,
         "utilisation_with_attention_estimate": util,
+        # where every resource figure comes from: LUT/BRAM_18K/URAM/DSP below are "finn" +
+        # "analytical"; "synthesis" only after a Vivado run (full flow)
+        "resource_sources": {
+            "finn": {k: finn_total[k] for k in finn_total},
+            "analytical": {k: round(with_attn[k] - finn_total[k], 3) for k in finn_total},
+            "analytical_method": sorted({str(e.get("method", "")) for e in attn.values()}),
+            "synthesis": _read_json(report / "post_synth_resources.json") if full else None,
+            "not_estimated": "LayerNorm, element-wise adds, stream forks and reshapes count 0",
+        },
         "LUT": with_attn["LUT"],
         "BRAM_18K": with_attn["BRAM_18K"],
         "URAM": with_attn["URAM"],
@@ -313,6 +340,8 @@ def build(
         EmulationMismatchError: emulation differs from the reference beyond ``tolerance``.
     """
     t0 = time.time()
+    if not isinstance(clock_ns, int | float) or not 0 < float(clock_ns) < 1e6:
+        raise FinnFlowError(f"clock_ns must be a positive clock period in ns, got {clock_ns!r}.")
     target = resolve_target(board)
     model_path = Path(model_path).absolute()
     load_qonnx_model(model_path)
