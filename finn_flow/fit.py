@@ -30,7 +30,17 @@ from dataclasses import dataclass, field
 
 from finn_flow.errors import FinnFlowError
 
-__all__ = ["Budget", "Candidate", "FitResult", "choose", "evaluate", "search", "write_pareto"]
+__all__ = [
+    "MEMORY_CHOICES",
+    "Budget",
+    "Candidate",
+    "FitResult",
+    "apply_memory_choice",
+    "choose",
+    "evaluate",
+    "search",
+    "write_pareto",
+]
 
 #: Resources a budget limits, keyed like FINN's estimate reports.
 BUDGET_KEYS = ("LUT", "BRAM_18K", "URAM", "DSP")
@@ -122,10 +132,13 @@ class Candidate:
     resources: dict
     fits: bool
     over: dict = field(default_factory=dict)
+    #: the memory choice (:data:`MEMORY_CHOICES`)
+    memory: str = "auto"
 
     def row(self) -> dict:
         return {
             "target_fps": self.target_fps,
+            "memory": self.memory,
             "fps": round(self.fps, 1),
             "max_cycles": self.max_cycles,
             "bottleneck": self.bottleneck,
@@ -143,16 +156,66 @@ class FitResult:
     #: when nothing fits: the resource most over budget in the smallest design
     binding: str | None = None
 
+    def memory_reason(self) -> str:
+        """Which memory choice was taken, and why (what the other choice reached)."""
+        chosen = self.chosen.memory
+        others = [c for c in self.candidates if c.memory != chosen and c.fits]
+        best_other = max((c.fps for c in others), default=None)
+        why = (
+            f"with {', '.join(m for m in MEMORY_CHOICES if m != chosen)} the fastest fitting "
+            f"design reaches {best_other:,.0f} inferences/s"
+            if best_other is not None
+            else f"no design fits with {', '.join(m for m in MEMORY_CHOICES if m != chosen)}"
+        )
+        return f"{chosen}: {MEMORY_CHOICES[chosen]}; {why}"
+
     def as_dict(self) -> dict:
         return {
             "budget": {k: v for k, v in self.budget.limits.items() if v is not None},
             "budget_source": self.budget.source,
             "fits": self.fits,
+            "memory_choice": self.memory_reason(),
             "chosen": self.chosen.row(),
             "binding_resource": self.binding,
             "best_fitting_fps": max((c.fps for c in self.candidates if c.fits), default=None),
             "candidates_evaluated": len(self.candidates),
         }
+
+
+#: Where weights and thresholds live. ``auto``: FINN's defaults (small memories in LUTs);
+#: ``bram``: every MVAU weight/threshold memory and every thresholding node's thresholds in
+#: block RAM (``ram_style``/``ram_style_thresholds = "block"``, thresholding depth triggers):
+#: frees LUTs where BRAM is to spare. The attention keeps its defaults (its published
+#: results put block-RAM thresholds at more LUTs, not fewer).
+MEMORY_CHOICES = {
+    "auto": "FINN's defaults (small weight and threshold memories in LUTs)",
+    "bram": "weights and thresholds in block RAM (frees LUTs; the attention keeps its defaults)",
+}
+_BRAM_ATTRS = {
+    "ram_style": "block",
+    "ram_style_thresholds": "block",
+    "depth_trigger_bram": 1,  # thresholding_rtl: every depth to BRAM ...
+    "depth_trigger_uram": 1 << 30,  # ... and none to URAM (0 would send all to URAM)
+}
+
+
+def apply_memory_choice(model, memory: str):
+    """Set the memory attributes of :data:`MEMORY_CHOICES` ``memory`` on ``model`` (in place)."""
+    if memory == "auto":
+        return model
+    from qonnx.custom_op.registry import getCustomOp
+
+    for node in model.graph.node:
+        if not node.domain.startswith("finn.custom_op.fpgadataflow"):
+            continue
+        if node.op_type.startswith("ScaledDotProductAttention"):
+            continue
+        inst = getCustomOp(node)
+        types = inst.get_nodeattr_types()
+        for attr, value in _BRAM_ATTRS.items():
+            if attr in types:
+                inst.set_nodeattr(attr, value)
+    return model
 
 
 def _fold(model, target_fps: float | None, cfg):
@@ -182,8 +245,11 @@ def estimate_resources(model, fpga_part: str) -> dict:
     return totals
 
 
-def evaluate(model, target_fps: float | None, cfg, budget: Budget) -> tuple[Candidate, object]:
-    """Fold ``model`` (specialised HW graph) for ``target_fps``; the candidate and the model."""
+def evaluate(
+    model, target_fps: float | None, cfg, budget: Budget, memory: str = "auto"
+) -> tuple[Candidate, object]:
+    """Fold ``model`` (specialised HW graph) for ``target_fps`` with the memory choice
+    ``memory``; the candidate and the folded model."""
     from finn.analysis.fpgadataflow.dataflow_performance import dataflow_performance
     from finn.transformation.fpgadataflow.annotate_cycles import AnnotateCycles
     from finn.transformation.fpgadataflow.minimize_accumulator_width import (
@@ -191,7 +257,7 @@ def evaluate(model, target_fps: float | None, cfg, budget: Budget) -> tuple[Cand
     )
     from finn.transformation.fpgadataflow.minimize_weight_bit_width import MinimizeWeightBitWidth
 
-    folded = _fold(model, target_fps, cfg)
+    folded = apply_memory_choice(_fold(model, target_fps, cfg), memory)
     sized = folded.transform(MinimizeWeightBitWidth()).transform(MinimizeAccumulatorWidth())
     sized = sized.transform(AnnotateCycles())
     perf = sized.analysis(dataflow_performance)
@@ -206,33 +272,38 @@ def evaluate(model, target_fps: float | None, cfg, budget: Budget) -> tuple[Cand
         resources=resources,
         fits=not over,
         over=over,
+        memory=memory,
     )
     return candidate, folded
 
 
 def search(model, cfg, budget: Budget, max_fps: float = 1e7, grid: int = 16, refine: int = 8):
-    """Every candidate evaluated (see the module docstring), in evaluation order."""
-    base, _ = evaluate(model, None, cfg, budget)
-    candidates = [base]
-    lo = base.fps
-    if max_fps > lo:
-        ratio = (max_fps / lo) ** (1 / grid)
-        for i in range(1, grid + 1):
-            candidates.append(evaluate(model, lo * ratio**i, cfg, budget)[0])
-    fitting = [c for c in candidates if c.fits and c.target_fps]
-    failing = [c for c in candidates if not c.fits and c.target_fps]
-    if fitting and failing:
-        low = max(c.target_fps for c in fitting)
-        above = [c.target_fps for c in failing if c.target_fps > low]
-        high = min(above) if above else None
-        for _ in range(refine if high else 0):
-            mid = math.sqrt(low * high)
-            cand = evaluate(model, mid, cfg, budget)[0]
-            candidates.append(cand)
-            if cand.fits:
-                low = mid
-            else:
-                high = mid
+    """Every candidate evaluated (see the module docstring), in evaluation order: each target
+    with each memory choice (:data:`MEMORY_CHOICES`)."""
+    candidates = []
+    for memory in MEMORY_CHOICES:
+        base, _ = evaluate(model, None, cfg, budget, memory)
+        mine = [base]
+        lo = base.fps
+        if max_fps > lo:
+            ratio = (max_fps / lo) ** (1 / grid)
+            for i in range(1, grid + 1):
+                mine.append(evaluate(model, lo * ratio**i, cfg, budget, memory)[0])
+        fitting = [c for c in mine if c.fits and c.target_fps]
+        failing = [c for c in mine if not c.fits and c.target_fps]
+        if fitting and failing:
+            low = max(c.target_fps for c in fitting)
+            above = [c.target_fps for c in failing if c.target_fps > low]
+            high = min(above) if above else None
+            for _ in range(refine if high else 0):
+                mid = math.sqrt(low * high)
+                cand = evaluate(model, mid, cfg, budget, memory)[0]
+                mine.append(cand)
+                if cand.fits:
+                    low = mid
+                else:
+                    high = mid
+        candidates += mine
     return candidates
 
 
@@ -240,7 +311,9 @@ def choose(candidates: list, budget: Budget) -> FitResult:
     """The fastest fitting candidate (ties: fewest LUTs); else the smallest design."""
     fitting = [c for c in candidates if c.fits]
     if fitting:
-        best = max(fitting, key=lambda c: (round(c.fps, 3), -c.resources["LUT"]))
+        best = max(
+            fitting, key=lambda c: (round(c.fps, 3), c.memory == "auto", -c.resources["LUT"])
+        )
         return FitResult(best, True, budget, candidates)
 
     def worst_ratio(c):
@@ -263,7 +336,7 @@ def write_pareto(table, budget: Budget, target, out_dir) -> dict:
     import numpy as np
 
     out_dir = Path(out_dir)
-    table = table.drop_duplicates(subset=["fps", *BUDGET_KEYS]).sort_values("fps").copy()
+    table = table.drop_duplicates(subset=["fps", "memory", *BUDGET_KEYS]).sort_values("fps").copy()
     costs = table[list(BUDGET_KEYS)].to_numpy(float)
     fps = table["fps"].to_numpy(float)
     optimal = []
