@@ -416,7 +416,7 @@ def _fit_folding(model: ModelWrapper, cfg, budget, record: dict) -> ModelWrapper
     """Fold for the fastest design within ``budget`` (finn_flow.fit); candidates to report/."""
     import pandas as pd
 
-    from finn_flow.fit import _fold, choose, search
+    from finn_flow.fit import _fold, apply_memory_choice, choose, search
 
     candidates = search(model, cfg, budget)
     result = choose(candidates, budget)
@@ -434,7 +434,7 @@ def _fit_folding(model: ModelWrapper, cfg, budget, record: dict) -> ModelWrapper
             f"{c.resources['DSP']:,.0f} DSP (estimates) at {c.fps:,.0f} inferences/s; "
             f"binding resource: {result.binding}."
         )
-    return _fold(model, result.chosen.target_fps, cfg)
+    return apply_memory_choice(_fold(model, result.chosen.target_fps, cfg), result.chosen.memory)
 
 
 def _validate_folding_config(model: ModelWrapper, config: dict, path: Path) -> None:
