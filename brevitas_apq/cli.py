@@ -150,6 +150,19 @@ def train(
     predict: PredictOpt = "change",
     plan: PlanOpt = "mixed-4-8/sq-apq",
     threshold: Annotated[float, typer.Option(help="APQ symmetry threshold (presets).")] = 0.1,
+    decision_rule: Annotated[
+        str | None,
+        typer.Option(
+            help="APQ decision rule: paper (S <= threshold at every mini-batch) or hysteresis "
+            "(band around the threshold on a moving average of S). Default: the plan's."
+        ),
+    ] = None,
+    decision_band: Annotated[
+        float | None, typer.Option(help="Hysteresis half-width relative to the threshold.")
+    ] = None,
+    decision_momentum: Annotated[
+        float | None, typer.Option(help="Weight of the newest mini-batch in the average of S.")
+    ] = None,
     epochs: Annotated[int, typer.Option(help="Max float epochs.")] = 30,
     qat_epochs: Annotated[int, typer.Option(help="Max QAT epochs.")] = 20,
     batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 64,
@@ -186,16 +199,32 @@ def train(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Train the float model, then QAT with a bit plan; write metrics, plots and checkpoints."""
+    import dataclasses
+
     from brevitas_apq.plans import BitPlan
     from brevitas_apq.training import DataSpec, TrainConfig, train_run
 
     options = _csv_options(
         target, timestamp, timestamp_format, features, delimiter, decimal, na_values
     )
+    bit_plan = BitPlan.parse(plan, threshold=threshold)
+    decision = {
+        key: value
+        for key, value in (
+            ("rule", decision_rule),
+            ("band", decision_band),
+            ("momentum", decision_momentum),
+        )
+        if value is not None
+    }
+    if decision:
+        bit_plan = dataclasses.replace(
+            bit_plan, decision=dataclasses.replace(bit_plan.decision, **decision)
+        )
     metrics = train_run(
         out,
         data=DataSpec(data, window, horizon, options=options, predict=predict),
-        plan=BitPlan.parse(plan, threshold=threshold),
+        plan=bit_plan,
         train=TrainConfig(
             float_epochs=epochs,
             qat_epochs=qat_epochs,

@@ -36,6 +36,14 @@ YAML files may start from presets and override single entries::
     activations:
       scores: {bits: 8, scheme: aq}
 
+The APQ decision rule is one setting for the whole plan (top-level key ``decision``, field
+``BitPlan.decision``): ``rule`` ``paper`` (SQ iff S <= threshold after every mini-batch) or
+``hysteresis`` (a band of relative half-width ``band`` around the threshold, applied to a moving
+average of S with weight ``momentum`` for the newest mini-batch; see
+``brevitas_apq.quant.core``). Plan files without it use the default rule::
+
+    decision: {rule: paper}
+
 Two activations are one-sided by construction and always use an unsigned grid with zero point 0
 (``UnsignedActQuant``): ``softmax`` (probabilities) and ``relu`` (the FFN activation). On
 ``[0, max]`` the unsigned grid is exactly the asymmetric quantiser, at no zero-point cost, and it
@@ -55,7 +63,20 @@ import yaml
 
 from brevitas_apq.io import write_text
 from brevitas_apq.quant import SCHEME_QUANTIZERS, UnsignedActQuant
-from brevitas_apq.quant.validation import SCHEMES, check_bit_width, check_scheme, check_threshold
+from brevitas_apq.quant.core import (
+    DEFAULT_DECISION_BAND,
+    DEFAULT_DECISION_MOMENTUM,
+    DEFAULT_DECISION_RULE,
+)
+from brevitas_apq.quant.validation import (
+    SCHEMES,
+    check_band,
+    check_bit_width,
+    check_decision_rule,
+    check_momentum,
+    check_scheme,
+    check_threshold,
+)
 
 LAYERS = ("L1", "L2", "L3", "L4", "L5", "L6", "L7", "L8")
 LAYER_ROLES = ("weight", "bias", "output")
@@ -111,6 +132,46 @@ class QuantSpec:
 
 
 @dataclass(frozen=True)
+class DecisionRule:
+    """How every APQ quantiser of a plan decides between SQ and AQ (see the module docstring)."""
+
+    rule: str = DEFAULT_DECISION_RULE
+    band: float = DEFAULT_DECISION_BAND
+    momentum: float = DEFAULT_DECISION_MOMENTUM
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "rule", check_decision_rule(self.rule, "rule"))
+            object.__setattr__(self, "band", check_band(self.band, "band"))
+            object.__setattr__(self, "momentum", check_momentum(self.momentum, "momentum"))
+        except ValueError as err:
+            raise PlanError(f"decision: {err}") from None
+
+    @classmethod
+    def from_dict(cls, data: Any) -> DecisionRule:
+        if isinstance(data, str):
+            data = {"rule": data}
+        if not isinstance(data, Mapping):
+            raise PlanError("decision: expected a mapping with rule, band, momentum")
+        keys = ("rule", "band", "momentum")
+        for key in data:
+            if key not in keys:
+                raise _unknown("decision key", key, keys)
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule, "band": self.band, "momentum": self.momentum}
+
+    def kwargs(self, prefix: str = "") -> dict[str, Any]:
+        """The quantiser keywords (Brevitas-prefixed with ``prefix``) of this rule."""
+        return {
+            f"{prefix}decision_rule": self.rule,
+            f"{prefix}decision_band": self.band,
+            f"{prefix}decision_momentum": self.momentum,
+        }
+
+
+@dataclass(frozen=True)
 class LayerSpec:
     """The three quantisers of a linear layer."""
 
@@ -127,6 +188,7 @@ class BitPlan:
     activations: Mapping[str, QuantSpec]
     name: str = "custom"
     description: str = field(default="", compare=False)
+    decision: DecisionRule = field(default_factory=DecisionRule)
 
     def __post_init__(self) -> None:
         layers, acts = dict(self.layers), dict(self.activations)
@@ -145,6 +207,8 @@ class BitPlan:
                     f"activation {key!r} always uses an unsigned grid with zero point 0; "
                     f"scheme {acts[key].scheme!r} is not allowed there (give only its bits)"
                 )
+        if not isinstance(self.decision, DecisionRule):
+            raise PlanError(f"decision={self.decision!r} is not a DecisionRule")
         object.__setattr__(self, "layers", layers)
         object.__setattr__(self, "activations", acts)
 
@@ -152,7 +216,11 @@ class BitPlan:
 
     @classmethod
     def from_presets(
-        cls, bits: str = "mixed-4-8", schemes: str = "sq-apq", threshold: float = 0.1
+        cls,
+        bits: str = "mixed-4-8",
+        schemes: str = "sq-apq",
+        threshold: float = 0.1,
+        decision: DecisionRule | None = None,
     ) -> BitPlan:
         """A plan from a bit preset and a scheme preset (see the module docstring)."""
         if bits not in BIT_PRESETS:
@@ -182,18 +250,26 @@ class BitPlan:
             name: spec(EXTRA_ACTIVATION_BITS, "sq" if name in UNSIGNED_ACTIVATIONS else act_scheme)
             for name in ACTIVATIONS
         }
-        return cls(layers, acts, name=f"{bits}/{schemes}")
+        return cls(layers, acts, name=f"{bits}/{schemes}", decision=decision or DecisionRule())
 
     @classmethod
-    def parse(cls, text: str, schemes: str | None = None, threshold: float = 0.1) -> BitPlan:
+    def parse(
+        cls,
+        text: str,
+        schemes: str | None = None,
+        threshold: float = 0.1,
+        decision: DecisionRule | None = None,
+    ) -> BitPlan:
         """A plan from a command-line value: ``"BITS/SCHEMES"``, ``BITS`` plus ``schemes``, or
-        the path of a YAML file."""
+        the path of a YAML file. ``decision`` replaces the plan's decision rule (a YAML file's
+        own ``decision`` otherwise)."""
         bits, _, scheme_part = text.partition("/")
         if bits in BIT_PRESETS:
-            return cls.from_presets(bits, scheme_part or schemes or "sq-apq", threshold)
+            return cls.from_presets(bits, scheme_part or schemes or "sq-apq", threshold, decision)
         path = Path(text)
         if path.is_file():
-            return cls.from_yaml(path)
+            plan = cls.from_yaml(path)
+            return plan if decision is None else dataclasses.replace(plan, decision=decision)
         raise PlanError(
             f"plan {text!r} is neither a preset nor an existing YAML file; presets: "
             f"BITS or BITS/SCHEMES with BITS in {', '.join(BIT_PRESETS)} and SCHEMES in "
@@ -205,7 +281,7 @@ class BitPlan:
         """A plan from the YAML structure (a ``base`` of presets plus overrides)."""
         if not isinstance(data, Mapping):
             raise PlanError("a plan must be a mapping with keys base, layers, activations, name")
-        top = ("name", "description", "base", "layers", "activations")
+        top = ("name", "description", "base", "layers", "activations", "decision")
         for key in data:
             if key not in top:
                 raise _unknown("plan key", key, top)
@@ -214,8 +290,12 @@ class BitPlan:
         for key in base:
             if key not in base_keys:
                 raise _unknown("base key", key, base_keys)
+        decision = DecisionRule.from_dict(data.get("decision") or {})
         plan = cls.from_presets(
-            base.get("bits", "all-8"), base.get("schemes", "all-sq"), base.get("threshold", 0.1)
+            base.get("bits", "all-8"),
+            base.get("schemes", "all-sq"),
+            base.get("threshold", 0.1),
+            decision,
         )
         layers = dict(plan.layers)
         for name, roles in (data.get("layers") or {}).items():
@@ -239,6 +319,7 @@ class BitPlan:
             acts,
             name=str(data.get("name", plan.name if "base" in data else "custom")),
             description=str(data.get("description", "")),
+            decision=decision,
         )
 
     @classmethod
@@ -263,6 +344,7 @@ class BitPlan:
                 for name, spec in self.layers.items()
             },
             "activations": {name: spec.to_dict() for name, spec in self.activations.items()},
+            "decision": self.decision.to_dict(),
         }
 
     def to_yaml(self, path: str | Path) -> Path:
@@ -296,6 +378,9 @@ class BitPlan:
             "output_quant": SCHEME_QUANTIZERS[spec.output.scheme].act,
             "output_bit_width": spec.output.bits,
             "output_symmetry_threshold": spec.output.threshold,
+            **self.decision.kwargs("weight_"),
+            **self.decision.kwargs("bias_"),
+            **self.decision.kwargs("output_"),
             "return_quant_tensor": False,
         }
 
@@ -311,6 +396,7 @@ class BitPlan:
             "act_quant": quant,
             "bit_width": spec.bits,
             "symmetry_threshold": spec.threshold,
+            **self.decision.kwargs(),
             "return_quant_tensor": False,
         }
 
@@ -348,6 +434,7 @@ __all__ = [
     "SCHEME_PRESETS",
     "UNSIGNED_ACTIVATIONS",
     "BitPlan",
+    "DecisionRule",
     "LayerSpec",
     "PlanError",
     "QuantSpec",

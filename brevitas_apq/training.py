@@ -4,7 +4,7 @@
 
     checkpoint.pt   resumable state, written atomically after every epoch
     model.pt        the final float and quantised weights with model config, plan and data spec
-    metrics.json    test metrics in target units, sizes, decisions, timings
+    metrics.json    test metrics in target units, sizes, decisions and decision flips, timings
     plan.yaml       the plan in explicit form
     history.csv     one row per epoch and phase
     symmetry.csv    S and the scheme per APQ quantiser and training step
@@ -46,7 +46,12 @@ from brevitas_apq.analysis import float_size_bits, model_size_bits, operation_co
 from brevitas_apq.data import PREDICT_MODES, WindowedDataset, load_dataset, prepare_dataset
 from brevitas_apq.models import ModelConfig, TimeSeriesTransformer
 from brevitas_apq.plans import BitPlan
-from brevitas_apq.quant import iter_quantizers, scheme_decisions, symmetry_history
+from brevitas_apq.quant import (
+    decision_flips,
+    iter_quantizers,
+    scheme_decisions,
+    symmetry_history,
+)
 
 CHECKPOINT = "checkpoint.pt"
 MODEL_FILE = "model.pt"
@@ -502,6 +507,8 @@ def _train_run(
             )
             if phase == "qat":
                 state["records"] = _records(model)
+                # over the whole of QAT (the kept best epoch's buffers stop at that epoch)
+                state["decision_flips"] = decision_flips(model)
             save_checkpoint()
             if on_epoch is not None:
                 on_epoch(row)
@@ -511,6 +518,7 @@ def _train_run(
             if phase == "qat":
                 _calibrate(model, X_train, _batch_order(train.seed, phase, 0, len(X_train)), train)
                 state["records"] = _records(model)
+                state["decision_flips"] = decision_flips(model)
             ps["best"] = {k: v.clone() for k, v in model.state_dict().items()}
         ps["done"] = True
         save_checkpoint()
@@ -565,6 +573,9 @@ def _finish(
         "macs_by_bits": ops["macs_by_bits"],
         "layers": ops["per_layer"],
         "schemes": scheme_decisions(quant_model),
+        # changes of SQ / AQ decision per quantiser over all QAT mini-batches
+        "decision_flips": state.get("decision_flips") or decision_flips(quant_model),
+        "decision_rule": plan.decision.to_dict(),
         "plan": plan.name,
         "dataset": data.dataset,
         "target": dataset.target,

@@ -15,7 +15,12 @@ from brevitas_apq.quant.injectors import (
     SQWeightQuant,
     UnsignedActQuant,
 )
-from brevitas_apq.quant.inspect import iter_quantizers, scheme_decisions, symmetry_history
+from brevitas_apq.quant.inspect import (
+    decision_flips,
+    iter_quantizers,
+    scheme_decisions,
+    symmetry_history,
+)
 from brevitas_apq.quant.validation import MAX_BIT_WIDTH, MIN_BIT_WIDTH, SCHEMES
 
 __all__ = [
@@ -36,6 +41,7 @@ __all__ = [
     "SQWeightQuant",
     "SymmetryRecord",
     "UnsignedActQuant",
+    "decision_flips",
     "iter_quantizers",
     "mark_batch",
     "scheme_decisions",

@@ -3,7 +3,9 @@
 Each quantiser is a small injector class composed from fragments, the Brevitas solver last, and
 is a drop-in ``weight_quant=``, ``bias_quant=``, ``input_quant=``, ``output_quant=`` or
 ``act_quant=`` argument of ``brevitas.nn`` layers. Bit width (2-16) and, for APQ, the symmetry
-threshold are set per layer through Brevitas's usual prefixed keywords::
+threshold and the decision rule (``decision_rule="paper"|"hysteresis"``, ``decision_band``,
+``decision_momentum``, see ``brevitas_apq.quant.core``) are set per layer through Brevitas's
+usual prefixed keywords::
 
     import brevitas.nn as qnn
     from brevitas_apq.quant import APQActQuant, APQWeightQuant, SQBiasQuant
@@ -12,7 +14,7 @@ threshold are set per layer through Brevitas's usual prefixed keywords::
         16, 16, bias=True,
         weight_quant=APQWeightQuant, weight_bit_width=4, weight_symmetry_threshold=0.05,
         bias_quant=SQBiasQuant, bias_bit_width=8,
-        input_quant=APQActQuant, input_bit_width=8,
+        input_quant=APQActQuant, input_bit_width=8, input_decision_rule="paper",
         return_quant_tensor=False)
 
 Grids (static per class, read once by Brevitas and exported as ``signed`` / ``narrow_range``):
@@ -36,7 +38,12 @@ from brevitas.inject import ExtendedInjector
 from brevitas.quant.base import IntQuant, NarrowIntQuant, UintQuant
 from brevitas.quant.solver import ActQuantSolver, BiasQuantSolver, WeightQuantSolver
 
-from brevitas_apq.quant.core import AdaptiveIntQuant
+from brevitas_apq.quant.core import (
+    DEFAULT_DECISION_BAND,
+    DEFAULT_DECISION_MOMENTUM,
+    DEFAULT_DECISION_RULE,
+    AdaptiveIntQuant,
+)
 
 __all__ = [
     "SCHEME_QUANTIZERS",
@@ -64,6 +71,9 @@ class AdaptiveCore(ExtendedInjector):
     bit_width = 8
     symmetry_threshold = 0.1
     stats_momentum = 0.1
+    decision_rule = DEFAULT_DECISION_RULE
+    decision_band = DEFAULT_DECISION_BAND
+    decision_momentum = DEFAULT_DECISION_MOMENTUM
 
 
 class Symmetric(ExtendedInjector):

@@ -37,6 +37,11 @@ def scheme_decisions(model: nn.Module) -> dict[str, str]:
     return {name: core.scheme for name, core in iter_quantizers(model)}
 
 
+def decision_flips(model: nn.Module) -> dict[str, int]:
+    """How often each quantiser changed its SQ / AQ decision in training, by quantiser name."""
+    return {name: int(core.decision_flips) for name, core in iter_quantizers(model)}
+
+
 def symmetry_history(model: nn.Module, adaptive_only: bool = False) -> pd.DataFrame:
     """Every recorded training step of every quantiser as a long table.
 

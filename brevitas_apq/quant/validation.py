@@ -12,6 +12,7 @@ import numbers
 MIN_BIT_WIDTH = 2
 MAX_BIT_WIDTH = 16
 SCHEMES = ("sq", "aq", "apq")
+DECISION_RULES = ("paper", "hysteresis")
 
 
 def check_bit_width(bit_width: object, name: str = "bit_width") -> int:
@@ -55,3 +56,18 @@ def check_scheme(scheme: object, name: str = "quant_scheme") -> str:
     if not isinstance(scheme, str) or scheme.lower() not in SCHEMES:
         raise ValueError(f"{name}={scheme!r} is unknown; allowed: {', '.join(SCHEMES)}")
     return scheme.lower()
+
+
+def check_decision_rule(rule: object, name: str = "decision_rule") -> str:
+    """Return the APQ decision rule in lower case if it is one of ``DECISION_RULES``."""
+    if not isinstance(rule, str) or rule.lower() not in DECISION_RULES:
+        raise ValueError(f"{name}={rule!r} is unknown; allowed: {', '.join(DECISION_RULES)}")
+    return rule.lower()
+
+
+def check_band(band: object, name: str = "decision_band") -> float:
+    """Return the hysteresis half-width (relative to the threshold) if it lies in [0, 1)."""
+    is_number = isinstance(band, numbers.Real) and not isinstance(band, bool)
+    if not is_number or math.isnan(float(band)) or not 0.0 <= float(band) < 1.0:
+        raise ValueError(f"{name}={band!r} is invalid; allowed: a number in [0, 1)")
+    return float(band)

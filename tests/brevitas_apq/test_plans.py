@@ -110,3 +110,49 @@ def test_missing_plan_file():
 def test_every_activation_and_layer_is_covered():
     plan = BitPlan.from_presets()
     assert tuple(plan.layers) == LAYERS and tuple(plan.activations) == ACTIVATIONS
+
+
+def test_decision_rule_round_trips_and_reaches_every_quantiser(tmp_path):
+    from brevitas_apq.models import ModelConfig, TimeSeriesTransformer
+    from brevitas_apq.plans import DecisionRule
+    from brevitas_apq.quant import iter_quantizers
+
+    rule = DecisionRule("hysteresis", band=0.3, momentum=0.05)
+    plan = BitPlan.from_presets("mixed-4-8", "all-apq", decision=rule)
+    assert BitPlan.from_yaml(plan.to_yaml(tmp_path / "p.yaml")) == plan
+    assert BitPlan.parse("all-8/sq-apq", decision=DecisionRule("paper")).decision.rule == "paper"
+    assert BitPlan.parse(str(tmp_path / "p.yaml")).decision == rule
+    model = TimeSeriesTransformer(ModelConfig(n_features=3, window=8), plan)
+    cores = [core for _, core in iter_quantizers(model)]
+    assert cores and all(
+        (c.decision_rule, c.decision_band, c.decision_momentum) == ("hysteresis", 0.3, 0.05)
+        for c in cores
+    )
+
+
+def test_plan_files_without_a_decision_rule_load_with_the_default(tmp_path):
+    from brevitas_apq.plans import DecisionRule
+
+    path = tmp_path / "old.yaml"
+    path.write_text("base: {bits: all-8, schemes: sq-apq}\n")
+    assert BitPlan.from_yaml(path).decision == DecisionRule()
+    old = BitPlan.from_presets("all-8", "sq-apq").to_dict()
+    del old["decision"]  # the explicit form written before the rule existed
+    assert BitPlan.from_dict(old).decision == DecisionRule()
+    path.write_text("base: {bits: all-8}\ndecision: paper\n")
+    assert BitPlan.from_yaml(path).decision.rule == "paper"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("decision: {rule: vote}", "decision: rule='vote' is unknown"),
+        ("decision: {band: 1.5}", "decision: band=1.5 is invalid"),
+        ("decision: {rule: paper, window: 3}", "unknown decision key 'window'"),
+    ],
+)
+def test_bad_decision_rules_fail_loudly(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(PlanError, match=message):
+        BitPlan.from_yaml(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import brevitas.nn as qnn
@@ -171,7 +172,7 @@ def test_apq_threshold_is_respected():
 
 def test_apq_changes_decision_when_training_distribution_moves():
     torch.manual_seed(0)
-    core = make_core("apq", 8, runtime_stats=True, stats_momentum=0.2)
+    core = make_core("apq", 8, runtime_stats=True, stats_momentum=0.2, decision_rule="paper")
 
     def batch(x):
         core(x)
@@ -405,3 +406,190 @@ def test_bad_momentum(momentum):
 def test_unknown_scheme():
     with pytest.raises(ValueError, match=r"quant_scheme='xq'.*allowed: sq, aq, apq"):
         make_core("xq", 8)
+
+
+# --- APQ decision rules ------------------------------------------------------------------------
+
+
+def range_with_symmetry(s: float) -> torch.Tensor:
+    """A tensor whose range ``[-1, hi]`` has symmetry metric ``s`` (0 <= s < 1)."""
+    return torch.tensor([-1.0, (1.0 + s) / (1.0 - s)])
+
+
+def feed(core, symmetries, runtime: bool = False) -> list[str]:
+    """One mini-batch per S value; the scheme in force after each."""
+    schemes = []
+    for s in symmetries:
+        core(range_with_symmetry(s))
+        mark_batch()
+        if runtime:
+            core.commit()
+        schemes.append(core.scheme)
+    return schemes
+
+
+symmetry_sequences = st.lists(st.floats(0.0, 0.95, allow_subnormal=False), min_size=1, max_size=60)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seq=symmetry_sequences, threshold=st.sampled_from([0.0, 0.05, 0.1, 0.3]))
+def test_paper_rule_is_s_above_threshold_at_every_mini_batch(seq, threshold):
+    """The paper's rule is today's behaviour exactly: AQ iff the current S > threshold."""
+    for runtime in (False, True):
+        core = make_core(
+            "apq",
+            8,
+            symmetry_threshold=threshold,
+            decision_rule="paper",
+            runtime_stats=runtime,
+            stats_momentum=1.0,
+        )
+        schemes = feed(core, seq, runtime)
+        rows = core.record.rows()
+        assert [r[2] for r in rows] == schemes
+        assert all(scheme == ("AQ" if s > threshold else "SQ") for _, s, scheme in rows)
+        changes = sum(a != b for a, b in itertools.pairwise(schemes))
+        assert int(core.decision_flips) == changes
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seq=st.lists(st.floats(0.081, 0.119, allow_subnormal=False), min_size=2, max_size=80),
+    momentum=st.sampled_from([0.02, 0.1, 0.5, 1.0]),
+)
+def test_hysteresis_holds_still_while_s_oscillates_inside_the_band(seq, momentum):
+    core = make_core(
+        "apq", 8, decision_rule="hysteresis", decision_band=0.2, decision_momentum=momentum
+    )
+    schemes = feed(core, seq)
+    assert len(set(schemes)) == 1 and int(core.decision_flips) == 0
+    assert schemes[0] == ("AQ" if float(core.record.rows()[0][1]) > 0.1 else "SQ")
+
+
+def test_hysteresis_against_paper_on_an_oscillation_across_the_threshold():
+    seq = [0.09, 0.11] * 50
+    paper = make_core("apq", 8, decision_rule="paper")
+    hyst = make_core("apq", 8, decision_rule="hysteresis", decision_band=0.2)
+    assert feed(paper, seq)[-4:] == ["SQ", "AQ", "SQ", "AQ"]
+    assert int(paper.decision_flips) == 99
+    assert set(feed(hyst, seq)) == {"SQ"} and int(hyst.decision_flips) == 0
+
+
+@pytest.mark.parametrize("runtime", [False, True])
+def test_hysteresis_follows_a_sustained_move_across_the_band(runtime):
+    core = make_core(
+        "apq",
+        8,
+        decision_rule="hysteresis",
+        decision_band=0.2,
+        decision_momentum=0.1,
+        runtime_stats=runtime,
+        stats_momentum=1.0,
+    )
+    assert feed(core, [0.0] * 10, runtime)[-1] == "SQ"
+    up = feed(core, [0.3] * 40, runtime)
+    # the average of S passes 0.12 after a few mini-batches, never before it passes 0.1
+    first_aq = up.index("AQ")
+    assert 0 < first_aq < 15 and set(up[first_aq:]) == {"AQ"}
+    assert float(core.smoothed_symmetry) > 0.12
+    down = feed(core, [0.0] * 40, runtime)
+    first_sq = down.index("SQ")
+    assert 0 < first_sq < 20 and set(down[first_sq:]) == {"SQ"}
+    assert int(core.decision_flips) == 2
+    core.eval()
+    assert core.scheme == "SQ"
+
+
+def test_non_adaptive_quantisers_never_flip():
+    for scheme in ("sq", "aq"):
+        core = make_core(scheme, 8, decision_rule="hysteresis")
+        feed(core, [0.0, 0.9, 0.0, 0.9])
+        assert int(core.decision_flips) == 0 and core.scheme == scheme.upper()
+
+
+def test_decision_rule_state_survives_state_dict_round_trip(tmp_path):
+    def layer():
+        return qnn.QuantIdentity(
+            act_quant=APQActQuant,
+            decision_rule="hysteresis",
+            decision_band=0.3,
+            decision_momentum=0.2,
+            stats_momentum=0.5,
+            return_quant_tensor=False,
+        )
+
+    torch.manual_seed(0)
+    # symmetric, then one-sided (-> AQ before the save), then symmetric again (-> SQ after it)
+    batches = [torch.rand(32) * 2 - (0.0 if 10 <= i < 25 else 1.0) for i in range(40)]
+    a = layer()
+    for x in batches[:25]:
+        a(x)
+        mark_batch()
+    a.eval().train()  # as at the end of an epoch: the last mini-batch is folded in
+    path = tmp_path / "state.pt"
+    torch.save(a.state_dict(), path)
+    b = layer()
+    b.load_state_dict(torch.load(path, weights_only=True))
+    core_a, core_b = core_of(a.act_quant), core_of(b.act_quant)
+    assert int(core_a.decision_flips) > 0
+    for name in ("use_zero_point", "smoothed_symmetry", "decision_flips", "num_updates"):
+        assert torch.equal(getattr(core_a, name), getattr(core_b, name)), name
+    for x in batches[25:]:  # both continue identically
+        a(x), b(x)
+        mark_batch()
+    a.eval(), b.eval()
+    assert int(core_b.decision_flips) == 2 and core_b.scheme == "SQ"
+    for name in ("use_zero_point", "smoothed_symmetry", "decision_flips", "running_max"):
+        assert torch.equal(getattr(core_a, name), getattr(core_b, name)), name
+
+
+def test_state_dict_without_decision_buffers_still_loads():
+    """Checkpoints written before the decision rule existed load with the defaults."""
+    layer = make_layer("apq", bits=8)
+    layer(torch.randn(4, 6))
+    layer.eval()
+    old = {
+        k: v
+        for k, v in layer.state_dict().items()
+        if not k.endswith(("smoothed_symmetry", "decision_flips"))
+    }
+    fresh = make_layer("apq", bits=8)
+    fresh.load_state_dict(old)
+    assert scheme_decisions(fresh) == scheme_decisions(layer)
+    core = core_of(fresh[1].output_quant)
+    assert int(core.decision_flips) == 0 and math.isnan(float(core.smoothed_symmetry))
+
+
+def test_decision_keywords_reach_the_core_through_brevitas_prefixes():
+    layer = qnn.QuantLinear(
+        4,
+        2,
+        bias=True,
+        weight_quant=APQWeightQuant,
+        weight_decision_rule="hysteresis",
+        weight_decision_band=0.25,
+        weight_decision_momentum=0.5,
+        output_quant=APQActQuant,
+        output_decision_rule="paper",
+        return_quant_tensor=False,
+    )
+    weight = core_of(layer.weight_quant)
+    assert (weight.decision_rule, weight.decision_band, weight.decision_momentum) == (
+        "hysteresis",
+        0.25,
+        0.5,
+    )
+    assert core_of(layer.output_quant).decision_rule == "paper"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"decision_rule": "vote"}, r"decision_rule='vote' is unknown; allowed: paper, hyst"),
+        ({"decision_band": 1.0}, r"decision_band=1.0 is invalid; allowed: a number in \[0, 1\)"),
+        ({"decision_momentum": 0.0}, r"decision_momentum=0.0 is invalid"),
+    ],
+)
+def test_bad_decision_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        qnn.QuantIdentity(act_quant=APQActQuant, **kwargs)

@@ -60,6 +60,8 @@ def test_run_writes_every_artefact(finished_run):
         "model_size_bits",
         "float_model_size_bits",
         "schemes",
+        "decision_flips",
+        "decision_rule",
         "plan",
         "dataset",
         "n_train",
@@ -73,12 +75,18 @@ def test_run_writes_every_artefact(finished_run):
     assert saved["epochs_run"] == 4 and saved["plan"] == "mixed-4-8/sq-apq"
     assert saved["model_size_bits"] < saved["float_model_size_bits"]
     assert set(saved["schemes"].values()) <= {"SQ", "AQ"}
+    # flips per quantiser, keyed as the schemes are, equal to the changes in symmetry.csv
+    assert set(saved["decision_flips"]) == set(saved["schemes"])
+    assert saved["decision_rule"] == PLAN.decision.to_dict()
     history = pd.read_csv(out / "history.csv")
     assert list(history.phase) == ["float", "float", "qat", "qat"]
     sym = pd.read_csv(out / "symmetry.csv")
     # every APQ quantiser has one row per QAT training step (2 epochs x 6 batches)
     assert set(sym.quant_scheme) == {"apq"}
     assert sym.groupby("quantizer").step.max().eq(12).all()
+    for name, q in sym.groupby("quantizer"):
+        schemes = q.sort_values("step").scheme.to_numpy()
+        assert saved["decision_flips"][name] == int((schemes[1:] != schemes[:-1]).sum()), name
     assert BitPlan.from_yaml(out / "plan.yaml") == PLAN
 
 
@@ -120,7 +128,7 @@ def test_resume_after_interruption_gives_the_same_result(tmp_path, small_csv, fi
     resumed = train_run(
         tmp_path, data=csv_data(small_csv), plan=PLAN, train=QUICK, progress=False, resume=True
     )
-    for key in ("rmse", "float_rmse", "schemes", "epochs_run"):
+    for key in ("rmse", "float_rmse", "schemes", "decision_flips", "epochs_run"):
         assert resumed[key] == uninterrupted[key], key
     sym = pd.read_csv(tmp_path / "symmetry.csv")
     assert sym.groupby("quantizer").step.max().eq(12).all()
@@ -198,11 +206,18 @@ def test_cli_train_export_and_errors(tmp_path, small_csv):
     out = tmp_path / "cli"
     base = ["--data", small_csv, "--target", "load", "--timestamp", "time", "--out", str(out)]
     quick = ["--epochs", "1", "--qat-epochs", "1", "--max-batches", "2", "--no-progress"]
-    result = runner.invoke(app, ["train", *base, *quick, "--plan", "all-8/all-aq"])
+    result = runner.invoke(
+        app, ["train", *base, *quick, "--plan", "all-8/all-aq", "--decision-rule", "paper"]
+    )
     assert result.exit_code == 0, result.output
     assert "QAT test RMSE" in result.output
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["decision_rule"]["rule"] == "paper"
+    assert set(saved["decision_flips"].values()) == {0}  # AQ everywhere: nothing to flip
     result = runner.invoke(app, ["export", str(out), "--windows", "4"])
     assert result.exit_code == 0 and "max |diff|" in result.output
+    result = runner.invoke(app, ["train", *base, *quick, "--decision-rule", "vote"])
+    assert result.exit_code == 2 and "rule='vote' is unknown" in result.output
     result = runner.invoke(app, ["train", *base, *quick, "--plan", "all-9/sq-apq"])
     assert result.exit_code == 2 and "neither a preset" in result.output
     result = runner.invoke(app, ["train", "--data", "csv:/no/such.csv", "--out", str(out)])
