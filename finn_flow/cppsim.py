@@ -538,23 +538,21 @@ def _finn_toolchain(prep: PreparedToolchain) -> Iterator[None]:
     """Point finn at the toolchain: XILINX_HLS, FINN_CUSTOM_HLS and the finn_deps setting."""
     from finn.util.settings import get_settings
 
-    keys = ("XILINX_HLS", "FINN_CUSTOM_HLS", "FINN_DEPS")
-    saved_env = {k: os.environ.get(k) for k in keys}
+    from finn_flow.no_vivado import patched_environ
+
+    env = {
+        "XILINX_HLS": str(prep.xilinx_hls),
+        "FINN_CUSTOM_HLS": str(prep.custom_hls),
+        "FINN_DEPS": str(prep.finn_deps),
+    }
     settings = get_settings()
     saved_deps = settings._finn_deps
-    os.environ["XILINX_HLS"] = str(prep.xilinx_hls)
-    os.environ["FINN_CUSTOM_HLS"] = str(prep.custom_hls)
-    os.environ["FINN_DEPS"] = str(prep.finn_deps)
-    settings.finn_deps = prep.finn_deps
-    try:
-        yield
-    finally:
-        settings._finn_deps = saved_deps
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with patched_environ(env):
+        settings.finn_deps = prep.finn_deps
+        try:
+            yield
+        finally:
+            settings._finn_deps = saved_deps
 
 
 def _compile_env(prep: PreparedToolchain) -> dict[str, str]:

@@ -80,29 +80,39 @@ def _marker_vivado_root() -> str:
 
 
 @contextlib.contextmanager
-def _private_finn_dirs(work_dir: Path) -> Iterator[Path]:
-    """Point FINN_BUILD_DIR / FINN_SETTINGS at private paths; restore env and settings."""
-    import finn.util.settings as finn_settings
-
-    saved_env = {k: os.environ.get(k) for k in ("FINN_BUILD_DIR", "FINN_SETTINGS")}
-    saved_settings = finn_settings._SETTINGS
-    build_dir = Path(saved_env["FINN_BUILD_DIR"] or work_dir / "finn_tmp").absolute()
-    build_dir.mkdir(parents=True, exist_ok=True)
-    os.environ["FINN_BUILD_DIR"] = str(build_dir)
-    # A settings file that does not exist: FINN then uses its defaults and writes nothing.
-    os.environ["FINN_SETTINGS"] = saved_env["FINN_SETTINGS"] or str(
-        Path(work_dir, "finn_settings.yaml").absolute()
-    )
-    finn_settings._SETTINGS = None  # rebuilt lazily from the environment above
+def patched_environ(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the block; restore (or remove) them afterwards."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
     try:
-        yield build_dir
+        yield
     finally:
-        finn_settings._SETTINGS = saved_settings
-        for key, value in saved_env.items():
+        for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@contextlib.contextmanager
+def _private_finn_dirs(work_dir: Path) -> Iterator[Path]:
+    """Point FINN_BUILD_DIR / FINN_SETTINGS at private paths; restore env and settings."""
+    import finn.util.settings as finn_settings
+
+    saved_settings = finn_settings._SETTINGS
+    build_dir = Path(os.environ.get("FINN_BUILD_DIR") or work_dir / "finn_tmp").absolute()
+    build_dir.mkdir(parents=True, exist_ok=True)
+    # A settings file that does not exist: FINN then uses its defaults and writes nothing.
+    settings_file = os.environ.get("FINN_SETTINGS") or str(
+        Path(work_dir, "finn_settings.yaml").absolute()
+    )
+    env = {"FINN_BUILD_DIR": str(build_dir), "FINN_SETTINGS": settings_file}
+    with patched_environ(env):
+        finn_settings._SETTINGS = None  # rebuilt lazily from the environment above
+        try:
+            yield build_dir
+        finally:
+            finn_settings._SETTINGS = saved_settings
 
 
 @contextlib.contextmanager
