@@ -34,7 +34,10 @@ a 12 % median error (the previous FINN-R-only estimate: 49 %, always low), DSP e
 radioml-transformer heads sweep BRAM is about 2x low. The previous estimate was 22-34 % low at
 4 bits and 31-47 % high at 8 bits. Limits: every calibration point has one sequence lane
 (``SeqFold = KVLen``) and ``EmbFold = 1``; other foldings (as the throughput search explores)
-are extrapolated through the FINN-R terms; ``ram_style``/``mac_resource`` ``auto`` count as
+are extrapolated through the FINN-R terms, and so is an attention without output thresholds
+(``ActAVMatMul = "none"``, this project's default since the thresholds became a standalone
+layer, :mod:`finn_flow.attention_thresholds`): the AV comparator term is simply absent, while
+every calibration point had it; ``ram_style``/``mac_resource`` ``auto`` count as
 distributed/LUT; the results came from FINN-T's predecessor of finn-plus's operator (Vivado
 out-of-context synthesis on an xczu28dr at 100 MHz, not place and route).
 """
@@ -45,12 +48,20 @@ import math
 
 from qonnx.core.datatype import DataType
 
+from finn_flow.errors import FinnFlowError
 
-def _bits(name: str, default: int = 8) -> int:
+
+def _bits(name) -> int:
+    """Bit width of a FINN datatype name; an unknown name is an error, not a guess."""
+    if isinstance(name, bytes):
+        name = name.decode()
     try:
         return DataType[name].bitwidth()
-    except Exception:
-        return default
+    except (KeyError, ValueError, TypeError):
+        raise FinnFlowError(
+            f"Attention estimate: unknown datatype {name!r} in a ScaledDotProductAttention "
+            "node's attributes (expected a FINN datatype such as INT8 or UINT4)."
+        ) from None
 
 
 def _lut_matmul(pe: int, simd: int, w: int, a: int, acc: int, lut_mults: bool) -> float:
@@ -73,7 +84,8 @@ CALIBRATION = (
     "fitted to 32 FINN-T post-synthesis attention nodes (xczu28dr, 100 MHz; 4 design points x "
     "ram_style x mac_resource): LUT leave-one-out error 1.6 % mean, 4.8 % max; DSP and BRAM_18K "
     "exact on them; 12 % median LUT error on 56 head-count pairs it never saw; calibrated for "
-    "one sequence lane (SeqFold = KVLen) only, more lanes are extrapolated"
+    "one sequence lane (SeqFold = KVLen) and AV output thresholds inside the attention only; more "
+    "lanes and standalone output thresholds are extrapolated"
 )
 
 

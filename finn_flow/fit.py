@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from finn_flow.errors import FinnFlowError
 
 __all__ = [
-    "MEMORY_CHOICES",
+    "RESOURCE_CHOICES",
     "Budget",
     "Candidate",
     "FitResult",
-    "apply_memory_choice",
+    "apply_resource_choice",
     "choose",
     "evaluate",
     "search",
@@ -132,13 +132,13 @@ class Candidate:
     resources: dict
     fits: bool
     over: dict = field(default_factory=dict)
-    #: the memory choice (:data:`MEMORY_CHOICES`)
-    memory: str = "auto"
+    #: the resource choice (:data:`RESOURCE_CHOICES`)
+    choice: str = "auto"
 
     def row(self) -> dict:
         return {
             "target_fps": self.target_fps,
-            "memory": self.memory,
+            "choice": self.choice,
             "fps": round(self.fps, 1),
             "max_cycles": self.max_cycles,
             "bottleneck": self.bottleneck,
@@ -156,25 +156,27 @@ class FitResult:
     #: when nothing fits: the resource most over budget in the smallest design
     binding: str | None = None
 
-    def memory_reason(self) -> str:
-        """Which memory choice was taken, and why (what the other choice reached)."""
-        chosen = self.chosen.memory
-        others = [c for c in self.candidates if c.memory != chosen and c.fits]
-        best_other = max((c.fps for c in others), default=None)
-        why = (
-            f"with {', '.join(m for m in MEMORY_CHOICES if m != chosen)} the fastest fitting "
-            f"design reaches {best_other:,.0f} inferences/s"
-            if best_other is not None
-            else f"no design fits with {', '.join(m for m in MEMORY_CHOICES if m != chosen)}"
-        )
-        return f"{chosen}: {MEMORY_CHOICES[chosen]}; {why}"
+    def choice_reason(self) -> str:
+        """Which resource choice was taken, and why (what each other choice reached)."""
+        chosen = self.chosen.choice
+        why = []
+        for other in RESOURCE_CHOICES:
+            if other == chosen:
+                continue
+            fps = [c.fps for c in self.candidates if c.choice == other and c.fits]
+            why.append(
+                f"with {other} the fastest fitting design reaches {max(fps):,.0f} inferences/s"
+                if fps
+                else f"with {other} no design fits"
+            )
+        return f"{chosen}: {RESOURCE_CHOICES[chosen]}; {'; '.join(why)}"
 
     def as_dict(self) -> dict:
         return {
             "budget": {k: v for k, v in self.budget.limits.items() if v is not None},
             "budget_source": self.budget.source,
             "fits": self.fits,
-            "memory_choice": self.memory_reason(),
+            "resource_choice": self.choice_reason(),
             "chosen": self.chosen.row(),
             "binding_resource": self.binding,
             "best_fitting_fps": max((c.fps for c in self.candidates if c.fits), default=None),
@@ -182,14 +184,20 @@ class FitResult:
         }
 
 
-#: Where weights and thresholds live. ``auto``: FINN's defaults (small memories in LUTs);
-#: ``bram``: every MVAU weight/threshold memory and every thresholding node's thresholds in
-#: block RAM (``ram_style``/``ram_style_thresholds = "block"``, thresholding depth triggers):
-#: frees LUTs where BRAM is to spare. The attention keeps its defaults (its published
-#: results put block-RAM thresholds at more LUTs, not fewer).
-MEMORY_CHOICES = {
-    "auto": "FINN's defaults (small weight and threshold memories in LUTs)",
+#: Resource choices evaluated for every target: where weights and thresholds live, and what
+#: multiplies. ``auto``: FINN's defaults (small memories in LUTs, MVAU ``resType`` and the
+#: attention's ``mac_resource`` left to FINN, i.e. LUT multipliers for the HLS units and the
+#: attention); ``bram``: every MVAU weight/threshold memory and every thresholding node's
+#: thresholds in block RAM (``ram_style``/``ram_style_thresholds = "block"``, thresholding
+#: depth triggers), frees LUTs where BRAM is to spare (the attention keeps its memories: its
+#: published results put block-RAM thresholds at more LUTs, not fewer); ``bram+dsp``: as
+#: ``bram``, and multipliers in DSP slices (MVAU ``resType = "dsp"``, attention
+#: ``mac_resource = "dsp"``), trading LUTs for DSPs where DSPs are to spare.
+RESOURCE_CHOICES = {
+    "auto": "FINN's defaults (small weight and threshold memories in LUTs, LUT multipliers)",
     "bram": "weights and thresholds in block RAM (frees LUTs; the attention keeps its defaults)",
+    "bram+dsp": "weights and thresholds in block RAM, multipliers in DSP slices (MVAU resType, "
+    "attention mac_resource)",
 }
 _BRAM_ATTRS = {
     "ram_style": "block",
@@ -197,22 +205,29 @@ _BRAM_ATTRS = {
     "depth_trigger_bram": 1,  # thresholding_rtl: every depth to BRAM ...
     "depth_trigger_uram": 1 << 30,  # ... and none to URAM (0 would send all to URAM)
 }
+_DSP_ATTRS = {"resType": "dsp", "mac_resource": "dsp"}
 
 
-def apply_memory_choice(model, memory: str):
-    """Set the memory attributes of :data:`MEMORY_CHOICES` ``memory`` on ``model`` (in place)."""
-    if memory == "auto":
+def apply_resource_choice(model, choice: str):
+    """Set the attributes of :data:`RESOURCE_CHOICES` ``choice`` on ``model`` (in place)."""
+    if choice not in RESOURCE_CHOICES:
+        raise FinnFlowError(
+            f"Unknown resource choice {choice!r}; known: {', '.join(RESOURCE_CHOICES)}."
+        )
+    if choice == "auto":
         return model
     from qonnx.custom_op.registry import getCustomOp
 
     for node in model.graph.node:
         if not node.domain.startswith("finn.custom_op.fpgadataflow"):
             continue
-        if node.op_type.startswith("ScaledDotProductAttention"):
-            continue
         inst = getCustomOp(node)
         types = inst.get_nodeattr_types()
-        for attr, value in _BRAM_ATTRS.items():
+        attention = node.op_type.startswith("ScaledDotProductAttention")
+        settings = {} if attention else dict(_BRAM_ATTRS)
+        if choice == "bram+dsp":
+            settings.update(_DSP_ATTRS)
+        for attr, value in settings.items():
             if attr in types:
                 inst.set_nodeattr(attr, value)
     return model
@@ -246,10 +261,10 @@ def estimate_resources(model, fpga_part: str) -> dict:
 
 
 def evaluate(
-    model, target_fps: float | None, cfg, budget: Budget, memory: str = "auto"
+    model, target_fps: float | None, cfg, budget: Budget, choice: str = "auto"
 ) -> tuple[Candidate, object]:
-    """Fold ``model`` (specialised HW graph) for ``target_fps`` with the memory choice
-    ``memory``; the candidate and the folded model."""
+    """Fold ``model`` (specialised HW graph) for ``target_fps`` with the resource choice
+    ``choice``; the candidate and the folded model."""
     from finn.analysis.fpgadataflow.dataflow_performance import dataflow_performance
     from finn.transformation.fpgadataflow.annotate_cycles import AnnotateCycles
     from finn.transformation.fpgadataflow.minimize_accumulator_width import (
@@ -257,7 +272,7 @@ def evaluate(
     )
     from finn.transformation.fpgadataflow.minimize_weight_bit_width import MinimizeWeightBitWidth
 
-    folded = apply_memory_choice(_fold(model, target_fps, cfg), memory)
+    folded = apply_resource_choice(_fold(model, target_fps, cfg), choice)
     sized = folded.transform(MinimizeWeightBitWidth()).transform(MinimizeAccumulatorWidth())
     sized = sized.transform(AnnotateCycles())
     perf = sized.analysis(dataflow_performance)
@@ -272,23 +287,23 @@ def evaluate(
         resources=resources,
         fits=not over,
         over=over,
-        memory=memory,
+        choice=choice,
     )
     return candidate, folded
 
 
 def search(model, cfg, budget: Budget, max_fps: float = 1e7, grid: int = 16, refine: int = 8):
     """Every candidate evaluated (see the module docstring), in evaluation order: each target
-    with each memory choice (:data:`MEMORY_CHOICES`)."""
+    with each resource choice (:data:`RESOURCE_CHOICES`)."""
     candidates = []
-    for memory in MEMORY_CHOICES:
-        base, _ = evaluate(model, None, cfg, budget, memory)
+    for choice in RESOURCE_CHOICES:
+        base, _ = evaluate(model, None, cfg, budget, choice)
         mine = [base]
         lo = base.fps
         if max_fps > lo:
             ratio = (max_fps / lo) ** (1 / grid)
             for i in range(1, grid + 1):
-                mine.append(evaluate(model, lo * ratio**i, cfg, budget, memory)[0])
+                mine.append(evaluate(model, lo * ratio**i, cfg, budget, choice)[0])
         fitting = [c for c in mine if c.fits and c.target_fps]
         failing = [c for c in mine if not c.fits and c.target_fps]
         if fitting and failing:
@@ -297,7 +312,7 @@ def search(model, cfg, budget: Budget, max_fps: float = 1e7, grid: int = 16, ref
             high = min(above) if above else None
             for _ in range(refine if high else 0):
                 mid = math.sqrt(low * high)
-                cand = evaluate(model, mid, cfg, budget, memory)[0]
+                cand = evaluate(model, mid, cfg, budget, choice)[0]
                 mine.append(cand)
                 if cand.fits:
                     low = mid
@@ -312,7 +327,7 @@ def choose(candidates: list, budget: Budget) -> FitResult:
     fitting = [c for c in candidates if c.fits]
     if fitting:
         best = max(
-            fitting, key=lambda c: (round(c.fps, 3), c.memory == "auto", -c.resources["LUT"])
+            fitting, key=lambda c: (round(c.fps, 3), c.choice == "auto", -c.resources["LUT"])
         )
         return FitResult(best, True, budget, candidates)
 
@@ -336,7 +351,7 @@ def write_pareto(table, budget: Budget, target, out_dir) -> dict:
     import numpy as np
 
     out_dir = Path(out_dir)
-    table = table.drop_duplicates(subset=["fps", "memory", *BUDGET_KEYS]).sort_values("fps").copy()
+    table = table.drop_duplicates(subset=["fps", "choice", *BUDGET_KEYS]).sort_values("fps").copy()
     costs = table[list(BUDGET_KEYS)].to_numpy(float)
     fps = table["fps"].to_numpy(float)
     optimal = []

@@ -214,7 +214,8 @@ def step_convert_to_hw_transformer(model: ModelWrapper, cfg) -> ModelWrapper:
     """Convert to FINN HW layers: finn-plus's transformer conversion plus pooling/norm.
 
     Follows ``finn.builder.custom_step_library.transformer_adhoc.step_convert_to_hw``
-    (scaled dot-product attention before MVAUs/thresholds, ReplicateStream for forks) and
+    (scaled dot-product attention before MVAUs/thresholds, ReplicateStream for forks), with
+    the attention's output thresholds standalone (:mod:`finn_flow.attention_thresholds`), and
     adds a 0/1-weight MVAU for mean pooling over time, ``LayerNorm`` for affine-free layer
     norms, and keeps the float output scaling (final ``Mul``/``Add``) in software.
     """
@@ -245,6 +246,7 @@ def step_convert_to_hw_transformer(model: ModelWrapper, cfg) -> ModelWrapper:
     from qonnx.transformation.infer_datatypes import InferDataTypes
     from qonnx.transformation.infer_shapes import InferShapes
 
+    from finn_flow.attention_thresholds import StandaloneAttentionOutputThresholds
     from finn_flow.hw_rewrites import (
         InferTimePoolFromReduceSum,
         SqueezeToReshape,
@@ -254,6 +256,7 @@ def step_convert_to_hw_transformer(model: ModelWrapper, cfg) -> ModelWrapper:
     model = model.transform(InferSplitLayer())
     model = model.transform(InferConcatLayer())
     model = model.transform(InferScaledDotProductAttention())
+    model = model.transform(StandaloneAttentionOutputThresholds())
     model = model.transform(InferTimePoolFromReduceSum())
     if cfg.standalone_thresholds:
         model = model.transform(InferThresholdingLayer())
@@ -416,7 +419,7 @@ def _fit_folding(model: ModelWrapper, cfg, budget, record: dict) -> ModelWrapper
     """Fold for the fastest design within ``budget`` (finn_flow.fit); candidates to report/."""
     import pandas as pd
 
-    from finn_flow.fit import _fold, apply_memory_choice, choose, search
+    from finn_flow.fit import _fold, apply_resource_choice, choose, search
 
     candidates = search(model, cfg, budget)
     result = choose(candidates, budget)
@@ -434,7 +437,7 @@ def _fit_folding(model: ModelWrapper, cfg, budget, record: dict) -> ModelWrapper
             f"{c.resources['DSP']:,.0f} DSP (estimates) at {c.fps:,.0f} inferences/s; "
             f"binding resource: {result.binding}."
         )
-    return apply_memory_choice(_fold(model, result.chosen.target_fps, cfg), result.chosen.memory)
+    return apply_resource_choice(_fold(model, result.chosen.target_fps, cfg), result.chosen.choice)
 
 
 def _validate_folding_config(model: ModelWrapper, config: dict, path: Path) -> None:

@@ -50,3 +50,14 @@ def test_model_matches_published_attention_nodes():
 def test_calibration_is_stated_in_the_estimate():
     est = estimate_attention(dict(QKDim=16, VDim=16, QLen=24, KVLen=24))
     assert "fitted to 32 FINN-T post-synthesis" in est["method"]
+
+
+def test_unknown_datatype_is_an_error_not_a_guess():
+    from finn_flow.errors import FinnFlowError
+
+    with pytest.raises(FinnFlowError, match="unknown datatype 'INT4X'"):
+        estimate_attention(dict(QKDim=16, VDim=16, QLen=24, KVLen=24, QType="INT4X"))
+    # the same attributes with a real datatype give an estimate, and bits matter
+    small = estimate_attention(dict(QKDim=16, VDim=16, QLen=24, KVLen=24, QType="INT4"))
+    wide = estimate_attention(dict(QKDim=16, VDim=16, QLen=24, KVLen=24, QType="INT8"))
+    assert 0 < small["LUT"] < wide["LUT"]

@@ -70,9 +70,9 @@ def test_cli_build_fits_pynq_by_default_and_writes_pareto(mlp_model, tmp_path):
     import pandas as pd
 
     table = pd.read_csv(out / "pareto.csv")
-    assert set(table.memory) == {"auto", "bram"}  # both memory choices were evaluated
+    assert set(table.choice) == {"auto", "bram", "bram+dsp"}  # every resource choice evaluated
     assert summary["estimated_throughput_fps"] > table.fps.min()  # faster than fully folded
-    assert fit["memory_choice"].startswith(fit["chosen"]["memory"])
+    assert fit["resource_choice"].startswith(fit["chosen"]["choice"])
     assert (out / "pareto.png").stat().st_size > 0
     assert "fastest of" in " ".join(result.output.split())
 

@@ -1,0 +1,141 @@
+"""The attention's output thresholds as a standalone layer (finn_flow.attention_thresholds)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.finn
+
+T, D = 6, 8  # sequence length, embedding
+
+
+def _attention_model(rng, av_thresholds=True):
+    """A generic ScaledDotProductAttention (as finn-plus's InferScaledDotProductAttention
+    leaves it) with thresholded QK, softmax and (optionally) AV outputs."""
+    from onnx import TensorProto, helper
+    from qonnx.core.datatype import DataType
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.util.basic import qonnx_make_model
+
+    shape = [1, T, D]
+    vis = [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in ("q", "k", "v")]
+    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, shape)
+    thr_qk = np.sort(rng.integers(-40, 40, size=(1, 15)), axis=1).astype(np.float32)
+    thr_sm = np.sort(rng.uniform(0, 0.5, size=(1, 15)), axis=1).astype(np.float32)
+    # AV accumulator of UINT4 x INT4 over T terms lies in [-8*15*T, 7*15*T]; ties included
+    thr_av = np.sort(rng.integers(-300, 300, size=(1, 255)), axis=1).astype(np.float32)
+    inputs = ["q", "k", "v", "thr_qk", "thr_sm"] + (["thr_av"] if av_thresholds else [])
+    node = helper.make_node(
+        "ScaledDotProductAttention",
+        inputs,
+        ["out"],
+        domain="finn.custom_op.fpgadataflow",
+        backend="fpgadataflow",
+        name="ScaledDotProductAttention_0",
+        Heads=1,
+        QKDim=D,
+        QLen=T,
+        VDim=D,
+        KVLen=T,
+        EmbFold=D,
+        SeqFold=T,
+        QType="INT4",
+        KType="INT4",
+        VType="INT4",
+        MType="BINARY",
+        AType="UINT4",
+        OType="INT8" if av_thresholds else "INT32",
+        AccQKMatMul="INT32",
+        OutQKMatMul="INT5",
+        ActQKMatMul="thresholds",
+        BiasActQKMatMul=-8.0,
+        AccAVMatMul="INT32",
+        OutAVMatMul="INT8" if av_thresholds else "INT32",
+        ActAVMatMul="thresholds" if av_thresholds else "none",
+        BiasActAVMatMul=-128.0 if av_thresholds else 0.0,
+        DequantSoftmax=0.05,
+        AccASoftmax="FLOAT32",
+        ActASoftmax="thresholds",
+        BiasActASoftmax=0.0,
+        mask_mode="none",
+    )
+    graph = helper.make_graph([node], "attention", vis, [out])
+    model = ModelWrapper(qonnx_make_model(graph))
+    for name, arr in (("thr_qk", thr_qk), ("thr_sm", thr_sm), ("thr_av", thr_av)):
+        if name in inputs:
+            model.set_initializer(name, arr)
+    for name in ("q", "k", "v"):
+        model.set_tensor_datatype(name, DataType["INT4"])
+    model.set_tensor_datatype("out", DataType["INT8" if av_thresholds else "INT32"])
+    return model
+
+
+def _run(model, feeds):
+    from qonnx.core.onnx_exec import execute_onnx
+
+    return execute_onnx(model, feeds)["out"]
+
+
+def test_standalone_av_thresholds_are_exact_and_report_changed():
+    from finn_flow.no_vivado import finn_session
+
+    with finn_session():
+        from qonnx.core.datatype import DataType
+
+        from finn_flow.attention_thresholds import StandaloneAttentionOutputThresholds
+
+        rng = np.random.default_rng(0)
+        model = _attention_model(rng)
+        feeds = [
+            {n: rng.integers(-8, 8, size=(1, T, D)).astype(np.float32) for n in "qkv"}
+            for _ in range(8)
+        ]
+        # extremes: every input at its minimum / maximum (accumulators at the range ends)
+        feeds += [{n: np.full((1, T, D), v, np.float32) for n in "qkv"} for v in (-8, 7)]
+        before = [_run(model, f) for f in feeds]
+        new, changed = StandaloneAttentionOutputThresholds().apply(model)
+        assert changed
+        ops = [n.op_type for n in new.graph.node]
+        assert ops == ["ScaledDotProductAttention", "MultiThreshold"]
+        attn, mt = new.graph.node
+        from qonnx.custom_op.registry import getCustomOp
+
+        inst = getCustomOp(attn)
+        assert inst.get_nodeattr("ActAVMatMul") == "none"
+        assert len(attn.input) == 5  # the AV thresholds moved to the MultiThreshold
+        acc = DataType[inst.get_nodeattr("OType")]
+        assert acc.min() <= -8 * 15 * T and acc.max() >= 7 * 15 * T  # worst case fits
+        assert getCustomOp(mt).get_nodeattr("out_bias") == -128.0
+        assert new.get_tensor_datatype("out") == DataType["INT8"]
+        after = [_run(new, f) for f in feeds]
+        for b, a in zip(before, after, strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert len({a.tobytes() for a in after}) > 1  # the inputs exercise the thresholds
+        # nothing left to rewrite: a second pass reports no change
+        _, again = StandaloneAttentionOutputThresholds().apply(new)
+        assert not again
+
+
+def test_attention_without_av_thresholds_is_left_alone():
+    from finn_flow.no_vivado import finn_session
+
+    with finn_session():
+        from finn_flow.attention_thresholds import StandaloneAttentionOutputThresholds
+
+        model = _attention_model(np.random.default_rng(1), av_thresholds=False)
+        nodes = [n.SerializeToString() for n in model.graph.node]
+        new, changed = StandaloneAttentionOutputThresholds().apply(model)
+        assert not changed
+        assert [n.SerializeToString() for n in new.graph.node] == nodes
+
+
+def test_av_accumulator_datatype_covers_the_worst_case():
+    from qonnx.core.datatype import DataType
+
+    from finn_flow.attention_thresholds import av_accumulator_datatype
+
+    dt = av_accumulator_datatype(DataType["UINT8"], DataType["INT4"], 24)
+    assert dt == DataType["INT17"]  # [-48960, 42840] needs 17 signed bits
+    dt = av_accumulator_datatype(DataType["UINT4"], DataType["UINT4"], 2)
+    assert dt == DataType["UINT9"]  # [0, 450]
