@@ -7,17 +7,23 @@ that the deployed model must keep:
 
 * weights and biases: ``numel * bits``;
 * every quantiser (weights, biases and activations): a 32-bit floating-point scale, plus a
-  ``bits``-wide integer zero point where the quantiser uses one (AQ, or APQ that chose AQ).
+  ``bits``-wide integer zero point where the quantiser uses one (AQ, or APQ that chose AQ);
+  a weight with per-channel scales keeps one of each per output channel.
 
 The float model's size is ``32 * number of parameters``.
 
 Integer operations and the cost of zero points
 ----------------------------------------------
-``operation_counts(model)`` counts, for one inference (one window of ``T`` steps), the integer
-multiply-accumulates of every product, keyed by operand bit widths (``"4x8"``: 4-bit left
-operand -- the activation -- times 8-bit right operand -- the weight), the integer additions
-(bias adds, positional and residual adds, average pooling), and the extra operations that zero
-points cause at run time, under the quantisers' *current* SQ / AQ decisions.
+``operation_counts(model, example_input)`` counts, for one inference (one window of ``T`` steps
+for the Transformer), the integer multiply-accumulates of every product, keyed by operand bit
+widths (``"4x8"``: 4-bit left operand -- the activation -- times 8-bit right operand -- the
+weight), the integer additions (bias adds, positional and residual adds, average pooling), and
+the extra operations that zero points cause at run time, under the quantisers' *current* SQ /
+AQ decisions. Nothing is described by hand: a forward pass through the model (any model
+quantised with ``brevitas_apq.quantize`` or built from ``brevitas.nn`` layers with this
+project's quantisers) follows each integer tensor from the quantiser that produced it to the
+layer or function that consumes it. A convolution counts as the product of its ``im2col``
+matrix (one row per output position) with its weights, per group.
 
 With per-tensor quantisation ``x = s_x (q_x - z_x)``, ``w = s_w (q_w - z_w)``, one output of a
 product over ``K`` terms is ``s_x s_w`` times
@@ -65,11 +71,16 @@ model with every quantiser on SQ.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
+from copy import deepcopy
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
+import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from brevitas_apq.quant import AdaptiveIntQuant, iter_quantizers
 
@@ -91,9 +102,11 @@ def size_breakdown(model: nn.Module) -> list[dict]:
     for name, core in iter_quantizers(model):
         owner, _, role = name.rpartition(".")
         module = model.get_submodule(owner) if owner else model
-        stored = 0
+        stored, channels = 0, 1
         if role == "weight_quant":
             stored = module.weight.numel()
+            if core.channel_dim is not None:  # one scale (and zero point) per channel
+                channels = module.weight.shape[core.channel_dim]
         elif role == "bias_quant" and getattr(module, "bias", None) is not None:
             stored = module.bias.numel()
         bits = int(core.bit_width)
@@ -105,7 +118,8 @@ def size_breakdown(model: nn.Module) -> list[dict]:
                 "bits": bits,
                 "stored_values": stored,
                 "value_bits": stored * bits,
-                "param_bits": SCALE_BITS + zero_point_bits,
+                "scales": channels,
+                "param_bits": channels * (SCALE_BITS + zero_point_bits),
             }
         )
     return rows
@@ -121,8 +135,8 @@ def size_summary(model: nn.Module) -> dict[str, int]:
     rows = size_breakdown(model)
     weight = sum(r["value_bits"] for r in rows if r["quantizer"].endswith(".weight_quant"))
     bias = sum(r["value_bits"] for r in rows if r["quantizer"].endswith(".bias_quant"))
-    scales = SCALE_BITS * len(rows)
-    zero_points = sum(r["param_bits"] - SCALE_BITS for r in rows)
+    scales = SCALE_BITS * sum(r["scales"] for r in rows)
+    zero_points = sum(r["param_bits"] for r in rows) - scales
     return {
         "weight_bits": weight,
         "bias_bits": bias,
@@ -268,58 +282,318 @@ def _core(proxy: nn.Module) -> AdaptiveIntQuant | None:
     return None
 
 
-def operation_counts(model: nn.Module, window: int | None = None) -> dict[str, Any]:
-    """Integer operations of one inference of a quantised ``TimeSeriesTransformer``.
+# --- operations of any model, from a forward pass ------------------------------------------------
+
+#: Functions that move integers around without computing (their output carries the input's
+#: quantiser); anything not listed here or below ends the integer tensor (softmax, norms, ...).
+_SHAPE_OPS = frozenset(
+    {
+        *("transpose", "permute", "reshape", "view", "view_as", "flatten", "unflatten", "squeeze"),
+        *("unsqueeze", "contiguous", "expand", "expand_as", "__getitem__", "clone", "detach", "t"),
+        *("narrow", "movedim", "swapaxes", "chunk", "split", "unbind", "dropout"),
+        *("max_pool1d", "max_pool2d", "max_pool1d_with_indices", "max_pool2d_with_indices"),
+        *("_max_pool1d", "_max_pool2d", "adaptive_max_pool1d", "adaptive_max_pool2d"),
+    }
+)
+_ADD_OPS = {"add": "add", "__add__": "add", "__radd__": "add", "__iadd__": "add", "add_": "add"}
+_ADD_OPS |= {"sub": "sub", "__sub__": "sub", "__isub__": "sub", "sub_": "sub"}
+_MATMUL_OPS = {"matmul": "matmul", "__matmul__": "matmul", "bmm": "matmul", "mm": "matmul"}
+_REDUCE_OPS = frozenset({"mean", "sum", "adaptive_avg_pool1d", "adaptive_avg_pool2d"})
+_POOL_OPS = frozenset({"avg_pool1d", "avg_pool2d"})
+_CAT_OPS = frozenset({"cat", "concat", "concatenate", "stack"})
+#: Products of two integer tensors that the cost model does not count: refused, not skipped.
+_UNCOUNTED_OPS = frozenset(
+    {
+        *("mul", "__mul__", "__rmul__", "__imul__", "mul_"),
+        *("div", "__truediv__", "__rtruediv__", "div_"),
+    }
+)
+
+
+@dataclass(frozen=True)
+class _Tag:
+    """What an integer tensor is: its operand, where it comes from (for row names) and the
+    quantiser that produced it (``None`` for the sum of a shared-quantiser add)."""
+
+    operand: Operand
+    source: str
+    core: AdaptiveIntQuant | None
+
+
+class _Trace(TorchFunctionMode):
+    """One forward pass that follows integer tensors from quantiser to quantiser.
+
+    Brevitas layers are hooked: a compute layer adds its product row and tags its output with
+    its output quantiser, an activation layer tags its output with its quantiser. Between them,
+    this mode sees every torch function called at model level (not inside Brevitas layers) and
+    carries tags through shape operations, counts adds of two integer tensors, products of two
+    (``q @ k^T``) and sums / averages over an integer tensor.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: dict[int, tuple[Any, _Tag]] = {}
+        self.rows: list[dict[str, Any]] = []
+        self.depth = 0  # > 0 inside a Brevitas layer
+        self.names: Counter[str] = Counter()
+        self.pending: dict[int, list[Operand]] = {}
+
+    def tag(self, obj: Any, tag: _Tag | None) -> None:
+        if tag is not None and isinstance(obj, torch.Tensor):
+            self.tags[id(obj)] = (obj, tag)  # the tensor is kept, so its id stays unique
+
+    def tag_of(self, obj: Any) -> _Tag | None:
+        entry = self.tags.get(id(obj))
+        return entry[1] if entry is not None and entry[0] is obj else None
+
+    def row_name(self, base: str) -> str:
+        self.names[base] += 1
+        return base if self.names[base] == 1 else f"{base}#{self.names[base]}"
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.depth == 0 and args:
+            self.follow(getattr(func, "__name__", ""), args, kwargs, out)
+        return out
+
+    def follow(self, op: str, args: tuple, kwargs: dict, out: Any) -> None:
+        if op == "__rmatmul__" and len(args) > 1:  # b.__rmatmul__(a) is a @ b
+            op, args = "matmul", (args[1], args[0], *args[2:])
+        first = self.tag_of(args[0])
+        if op in _SHAPE_OPS:
+            if first is not None:
+                for item in out if isinstance(out, tuple | list) else (out,):
+                    if isinstance(item, torch.Tensor) and item.is_floating_point():
+                        self.tag(item, first)
+            return
+        if op in _CAT_OPS:
+            tags = [self.tag_of(t) for t in args[0]]
+            cores = {id(t.core) for t in tags if t is not None and t.core is not None}
+            if all(t is not None for t in tags) and len(cores) == 1:
+                self.tag(out, tags[0])
+            return
+        second = args[1] if len(args) > 1 else kwargs.get("other")
+        other = self.tag_of(second)
+        if op in _ADD_OPS and first is not None and other is not None:
+            self.add(_ADD_OPS[op], first, other, out)
+        elif op in _MATMUL_OPS and (first is not None or other is not None):
+            if first is None or other is None:
+                known = first or other
+                raise ValueError(
+                    f"a product of the integer tensor from {known.source!r} and a float tensor: "
+                    "the cost model counts integer products only; quantise both operands"
+                )
+            self.matmul(_MATMUL_OPS[op], first, other, args[0], second)
+        elif op in _UNCOUNTED_OPS and first is not None and other is not None:
+            raise ValueError(
+                f"{op} of the integer tensors from {first.source!r} and {other.source!r} is not "
+                "counted by the cost model (adds, matmuls, sums and averages are)"
+            )
+        elif op in _REDUCE_OPS and first is not None:
+            self.pool(op, first, args[0], args[0].numel())
+        elif op in _POOL_OPS and first is not None:
+            kernel = args[1] if len(args) > 1 else kwargs["kernel_size"]
+            window = math.prod(kernel) if isinstance(kernel, tuple | list) else int(kernel)
+            if op == "avg_pool2d" and not isinstance(kernel, tuple | list):
+                window *= int(kernel)
+            self.pool(op, first, args[0], out.numel() * window)
+
+    def add(self, op: str, a: _Tag, b: _Tag, out: torch.Tensor) -> None:
+        shape = tuple(out.shape[1:]) or (1,)
+        row = add_row(
+            self.row_name(f"{op}({a.source}, {b.source})"),
+            "add",
+            a.operand,
+            shape[0],
+            math.prod(shape[1:]),
+        )
+        shared = a.core is not None and a.core is b.core
+        if not shared:  # two grids: rescaled in the sum, which is no longer one integer grid
+            row["b"] = b.operand.label
+        self.rows.append(row)
+        if shared:  # q_a + q_b: one bit wider, zero point 2 z (folded by the consumer)
+            tag = _Tag(Operand.of(a.core, extra_bits=1), f"{a.source}+{b.source}", None)
+            self.tag(out, tag)
+
+    def matmul(self, op: str, a: _Tag, b: _Tag, x: torch.Tensor, y: torch.Tensor) -> None:
+        m = x.shape[-2] if x.dim() > 1 else 1
+        k = x.shape[-1]
+        n = y.shape[-1] if y.dim() > 1 else 1
+        batch = torch.broadcast_shapes(x.shape[:-2], y.shape[:-2])
+        name = self.row_name(f"{op}({a.source}, {b.source})")
+        self.rows.append(product_row(name, "matmul", a.operand, b.operand, m, k, n, batch.numel()))
+
+    def pool(self, op: str, tag: _Tag, x: torch.Tensor, accumulations: int) -> None:
+        shape = tuple(x.shape[1:]) or (1,)
+        row = add_row(self.row_name(f"{op}({tag.source})"), "pool", tag.operand, 1, 1)
+        row.update(shape="x".join(map(str, shape)), adds=accumulations, int_ops=accumulations)
+        self.rows.append(row)
+
+    # --- Brevitas layers ------------------------------------------------------------------------
+
+    def enter_compute(self, name: str, layer: nn.Module, args: tuple) -> None:
+        core = _core(layer.input_quant) if layer.input_quant.is_quant_enabled else None
+        if core is not None:
+            operand = Operand.of(core)
+        else:
+            tag = self.tag_of(args[0]) if args else None
+            if tag is None:
+                raise ValueError(
+                    f"layer {name!r} ({type(layer).__name__}): its input is not an integer "
+                    "tensor (no brevitas_apq quantiser feeds it); give it an input quantiser "
+                    "(plan role input) or put an activation quantiser in front of it"
+                )
+            operand = tag.operand
+        self.pending.setdefault(id(layer), []).append(operand)
+        self.depth += 1
+
+    def exit_compute(self, name: str, layer: nn.Module, args: tuple, out: Any) -> None:
+        self.depth -= 1
+        operand = self.pending[id(layer)].pop()
+        weight = Operand.of(_core(layer.weight_quant), constant=True)
+        if isinstance(layer, nn.Linear):
+            row = linear_row(name, layer, args[0].numel() // layer.in_features, operand)
+        else:  # a convolution: one product row per output position (im2col)
+            groups = layer.groups
+            k = layer.in_channels // groups * math.prod(layer.kernel_size)
+            n = layer.out_channels // groups
+            m = out.numel() // layer.out_channels
+            row = product_row(
+                name, "conv", operand, weight, m, k, n, groups, layer.bias is not None
+            )
+        self.rows.append(row)
+        if layer.output_quant.is_quant_enabled:
+            core = _core(layer.output_quant)
+            self.tag(out, _Tag(Operand.of(core), name, core) if core is not None else None)
+
+    def exit_act(self, name: str, layer: nn.Module, args: tuple, out: Any) -> None:
+        self.depth -= 1
+        if not layer.act_quant.is_quant_enabled:
+            self.tag(out, self.tag_of(args[0]) if args else None)
+            return
+        core = _core(layer.act_quant)
+        self.tag(out, _Tag(Operand.of(core), name, core) if core is not None else None)
+
+
+def _hook(trace: _Trace, model: nn.Module) -> list:
+    """Hooks on every Brevitas layer of ``model``; ``ValueError`` for layers the cost model
+    cannot count (float compute layers, other Brevitas layers, foreign weight quantisers)."""
+    import brevitas.nn as qnn
+    from brevitas.nn.mixin.base import QuantLayerMixin
+
+    handles, inside = [], []
+    for name, module in model.named_modules():
+        if any(name.startswith(p + ".") for p in inside):
+            continue
+        kind = type(module).__name__
+        if isinstance(module, QuantLayerMixin):
+            inside.append(name)
+        if isinstance(module, qnn.QuantLinear | qnn.QuantConv1d | qnn.QuantConv2d):
+            if _core(module.weight_quant) is None:
+                raise ValueError(
+                    f"layer {name!r} ({kind}): its weights are not quantised by brevitas_apq; "
+                    "quantise it with brevitas_apq.quantize"
+                )
+            handles.append(
+                module.register_forward_pre_hook(partial(_pre, trace.enter_compute, name))
+            )
+            handles.append(module.register_forward_hook(partial(_post, trace.exit_compute, name)))
+        elif isinstance(module, QuantLayerMixin) and hasattr(module, "act_quant"):
+            handles.append(module.register_forward_pre_hook(partial(_enter_act, trace)))
+            handles.append(module.register_forward_hook(partial(_post, trace.exit_act, name)))
+        elif isinstance(module, QuantLayerMixin):
+            raise ValueError(
+                f"layer {name!r} ({kind}) is not counted by the cost model; supported Brevitas "
+                "layers: QuantLinear, QuantConv1d, QuantConv2d and activations (QuantIdentity, "
+                "QuantReLU, ...)"
+            )
+        elif isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d):
+            raise ValueError(
+                f"layer {name!r} ({kind}) is float; quantise it (brevitas_apq.quantize) to count "
+                "its integer operations"
+            )
+    return handles
+
+
+def _pre(method, name: str, module: nn.Module, args: tuple) -> None:
+    method(name, module, args)
+
+
+def _post(method, name: str, module: nn.Module, args: tuple, out: Any) -> None:
+    method(name, module, args, out)
+
+
+def _enter_act(trace: _Trace, module: nn.Module, args: tuple) -> None:
+    trace.depth += 1
+
+
+def _example_input(model: nn.Module, example_input: Any) -> tuple:
+    if example_input is None:
+        config = getattr(model, "config", None)
+        if config is None or not hasattr(config, "window") or not hasattr(config, "n_features"):
+            raise TypeError(
+                f"operation_counts({type(model).__name__}) needs example_input: one input of "
+                "the model, e.g. torch.zeros(1, ...)"
+            )
+        example_input = torch.zeros(1, config.window, config.n_features)
+    inputs = example_input if isinstance(example_input, tuple | list) else (example_input,)
+    return tuple(x[:1] if isinstance(x, torch.Tensor) and x.dim() > 0 else x for x in inputs)
+
+
+def operation_counts(model: nn.Module, example_input: Any = None) -> dict[str, Any]:
+    """Integer operations of one inference of a quantised model, from a forward pass.
+
+    ``example_input``: one input of the model (its first sample is used; a tuple for several
+    inputs); models with a ``config`` holding ``window`` and ``n_features`` (the project's
+    Transformer) default to zeros of that shape. The values do not matter: the operations
+    follow from the shapes and from the quantisers' *current* SQ / AQ decisions. The pass runs
+    on a copy of the model in eval mode (decisions and statistics of ``model`` are untouched;
+    an activation quantiser that never saw data gets a placeholder range in the copy).
+
+    What is counted (see the module docstring for the algebra): every ``QuantLinear`` /
+    ``QuantConv1d`` / ``QuantConv2d`` (a product with its weights, the input operand from its
+    own input quantiser or from the quantiser whose output feeds it), every add or subtract of
+    two integer tensors, every product of two (``torch.matmul``, ``@``, ``bmm``), and every sum,
+    mean or average pooling over one. Integer tensors are the outputs of brevitas_apq
+    quantisers, followed through shape operations (transpose, reshape, indexing, max pooling,
+    ...); the sum of two tensors from one shared quantiser is one (one bit wider). A float
+    compute layer, or an integer tensor multiplied with a float one, raises ``ValueError``.
 
     Returns ``int_ops``, ``zero_point_ops``, ``macs``, ``adds``, ``macs_by_bits`` (``{"4x8":
-    n}``) and ``per_layer`` (one dict per product or add, in execution order), under the
-    quantisers' current decisions. ``window`` defaults to the model's window.
+    n}``), ``per_layer`` (one dict per product, add or pooling, in execution order; modules by
+    name, functions as ``matmul(L2, L3)``: the op and the modules its operands come from),
+    ``input_shape`` and ``window`` (the input's second dimension, the Transformer's window).
+
+    Example:
+        >>> ops = operation_counts(quantized_mlp, torch.zeros(1, 8))  # doctest: +SKIP
+        >>> ops["zero_point_ops"], ops["per_layer"][0]["layer"]  # doctest: +SKIP
+        (0, '0')
     """
-    from brevitas_apq.models import TimeSeriesTransformer
-
-    if not isinstance(model, TimeSeriesTransformer):
-        raise TypeError(f"operation_counts needs a TimeSeriesTransformer, got {type(model)}")
-    if not model.is_quantized:
-        raise ValueError("operation_counts needs a quantised model (built with a BitPlan)")
-    c = model.config
-    t = c.window if window is None else int(window)
-    if t < 1:
-        raise ValueError(f"window={window!r} is invalid; allowed: a positive integer")
-    heads, d = c.n_heads, c.d_model
-    dh = d // heads
-
-    def act(module: nn.Module, extra_bits: int = 0) -> Operand:
-        return Operand.of(_core(module), extra_bits=extra_bits)
-
-    def out(layer: nn.Module) -> Operand:
-        return Operand.of(_core(layer.output_quant))
-
-    pos = act(model.pos_quant)
-    pos_sum = act(model.pos_quant, extra_bits=1)  # q_a + q_pe: one bit wider, zero point 2 z
-    rows = [
-        linear_row("L1", model.L1, t, act(model.input_quant)),
-        add_row("pos_add", "add", pos, t, d),
-        linear_row("L2", model.L2, t, pos_sum),
-        linear_row("L3", model.L3, t, pos_sum),
-        linear_row("L4", model.L4, t, pos_sum),
-        product_row("attn_scores", "matmul", out(model.L2), out(model.L3), t, dh, t, heads),
-        product_row(
-            "attn_context", "matmul", act(model.softmax_quant), out(model.L4), t, t, dh, heads
-        ),
-        linear_row("L5", model.L5, t, act(model.context_quant)),
-        add_row("res1_add", "add", act(model.res1_quant), t, d),
-        linear_row("L6", model.L6, t, act(model.norm1_quant)),
-        linear_row("L7", model.L7, t, act(model.relu)),
-        add_row("res2_add", "add", act(model.res2_quant), t, d),
-        add_row("pool", "pool", act(model.norm2_quant), t, d),
-        linear_row("L8", model.L8, 1, act(model.pool_quant)),
-    ]
+    inputs = _example_input(model, example_input)
+    if not any(isinstance(m, AdaptiveIntQuant) for m in model.modules()):
+        raise ValueError(
+            "operation_counts needs a quantised model (brevitas_apq quantisers); quantise it "
+            "with brevitas_apq.quantize or build it with a BitPlan"
+        )
+    copy = _analysis_copy(model)
+    trace = _Trace()
+    handles = _hook(trace, copy)
+    try:
+        with torch.no_grad(), trace:
+            copy(*inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    rows = trace.rows
     macs_by_bits: Counter[str] = Counter()
     for row in rows:
         if row["macs"]:
             macs_by_bits[row["mac_bits"]] += row["macs"]
+    shape = tuple(inputs[0].shape) if isinstance(inputs[0], torch.Tensor) else ()
     return {
-        "window": t,
+        "input_shape": shape,
+        "window": shape[1] if len(shape) > 1 else None,
         "int_ops": sum(r["int_ops"] for r in rows),
         "zero_point_ops": sum(r["zero_point_ops"] for r in rows),
         "macs": sum(r["macs"] for r in rows),
@@ -327,6 +601,21 @@ def operation_counts(model: nn.Module, window: int | None = None) -> dict[str, A
         "macs_by_bits": dict(sorted(macs_by_bits.items())),
         "per_layer": rows,
     }
+
+
+def _analysis_copy(model: nn.Module) -> nn.Module:
+    """A copy in eval mode with every decision as it is in ``model`` (``.eval()`` is not
+    called: it would commit a pending mini-batch), able to run without data."""
+    copy = deepcopy(model)
+    for module in copy.modules():
+        module.training = False
+        # An activation quantiser that never saw data: any range gives the same counts.
+        unseen = isinstance(module, AdaptiveIntQuant) and int(module.num_updates) == 0
+        if unseen and module.runtime_stats:
+            module.running_min.fill_(-1.0)
+            module.running_max.fill_(1.0)
+            module.num_updates.fill_(1)
+    return copy
 
 
 __all__ = [

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import functools
-import json
+import math
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from brevitas_apq import __version__
+from brevitas_apq.errors import APQError, ConfigError, RunError
 
 app = typer.Typer(
     name="apq",
@@ -41,18 +44,51 @@ def _root(
     """Adaptive quantisation-aware training of tiny time-series Transformers for FPGAs."""
 
 
+def _user_errors() -> tuple[type[Exception], ...]:
+    """The project's own error types: APQError, and finn_flow's FinnFlowError once finn_flow
+    was imported (nothing raised it before; the CLI starts without importing it)."""
+    flow = sys.modules.get("finn_flow.errors")
+    return (APQError,) if flow is None else (APQError, flow.FinnFlowError)
+
+
 def _clean_errors(func):
-    """Turn the project's input errors into one clear line and exit code 2, not a traceback."""
+    """Turn the project's own errors into one clear line and exit code 2, and Ctrl-C into exit
+    code 130; any other exception is a bug and keeps its traceback."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
-        except (ValueError, FileNotFoundError) as err:
-            err_console.print(f"[bold red]error:[/] {err}")
+        except KeyboardInterrupt:
+            err_console.print(
+                "[bold red]interrupted[/] (Ctrl-C): finished results are kept; `apq train` "
+                "continues with --resume, `apq reproduce` and `apq sensitivity` when run again"
+            )
+            raise typer.Exit(130) from None
+        except Exception as err:
+            if not isinstance(err, _user_errors()):
+                raise
+            err_console.print(f"[bold red]error:[/] {escape(str(err))}")
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+def _option_error(message: str) -> ConfigError:
+    """An error of options that are each valid but not together (one line, exit code 2)."""
+    return ConfigError(message)
+
+
+def _finite_at_least_zero(value: float) -> float:
+    if not math.isfinite(value) or value < 0:
+        raise typer.BadParameter(f"{value} is not a tolerance; give a finite number >= 0")
+    return value
+
+
+def _finite_positive(value: float) -> float:
+    if not math.isfinite(value) or value <= 0:
+        raise typer.BadParameter(f"{value} is not a clock period; give a number of ns > 0")
+    return value
 
 
 # --- shared options -------------------------------------------------------------------------
@@ -82,6 +118,29 @@ PlanOpt = Annotated[
         "all-aq, sq-aq, sq-apq, all-apq) or a YAML plan file.",
     ),
 ]
+# data options of train, reproduce and search (_data_spec)
+WindowOpt = Annotated[int, typer.Option(help="Input window length (hours).")]
+HorizonOpt = Annotated[int, typer.Option(help="Steps ahead (0: the window's last step).")]
+TargetOpt = Annotated[str | None, typer.Option(help="csv/airu: target column.")]
+TimestampOpt = Annotated[
+    list[str] | None, typer.Option(help="csv: timestamp column(s), repeat for several.")
+]
+TimestampFormatOpt = Annotated[str | None, typer.Option(help="csv: strftime format.")]
+FeaturesOpt = Annotated[str | None, typer.Option(help="csv/airu: comma-separated.")]
+DelimiterOpt = Annotated[str | None, typer.Option(help="csv: field delimiter.")]
+DecimalOpt = Annotated[str | None, typer.Option(help="csv: decimal mark.")]
+NaValuesOpt = Annotated[
+    str | None, typer.Option(help="csv: comma-separated missing markers, e.g. -200,NA.")
+]
+# model and training options of train and reproduce
+DModelOpt = Annotated[int, typer.Option(help="Model width.")]
+HeadsOpt = Annotated[int, typer.Option(help="Attention heads.")]
+FfnDimOpt = Annotated[int | None, typer.Option(help="FFN width (default 4*d_model).")]
+NormOpt = Annotated[str, typer.Option(help="Normalisation: layer or batch.")]
+BatchSizeOpt = Annotated[int, typer.Option(help="Mini-batch size.")]
+LrOpt = Annotated[float, typer.Option(help="Adam learning rate (float).")]
+QatLrOpt = Annotated[float, typer.Option(help="Adam learning rate (QAT).")]
+PatienceOpt = Annotated[int, typer.Option(help="Early-stopping patience (epochs).")]
 
 
 def _csv_options(
@@ -101,7 +160,42 @@ def _csv_options(
     return tuple((k, v) for k, v in options.items() if v is not None)
 
 
+def _data_spec(
+    data,
+    predict,
+    window,
+    horizon,
+    target,
+    timestamp,
+    timestamp_format,
+    features,
+    delimiter,
+    decimal,
+    na_values,
+):
+    """The DataSpec of the shared data options."""
+    from brevitas_apq.training import DataSpec
+
+    options = _csv_options(
+        target, timestamp, timestamp_format, features, delimiter, decimal, na_values
+    )
+    return DataSpec(data, window, horizon, options=options, predict=predict)
+
+
+def _model_options(d_model, heads, ffn_dim, norm) -> dict[str, object]:
+    return {"d_model": d_model, "n_heads": heads, "ffn_dim": ffn_dim, "norm": norm}
+
+
 def print_metrics(metrics: dict, title: str) -> None:
+    """Print a run's summary table and its data warnings; a degenerate model
+    (``brevitas_apq.health``: constant or non-finite output, a collapsed quantiser) is marked in
+    the table, its reasons are printed, and the command ends with exit code 1."""
+    from rich.markup import escape
+
+    from brevitas_apq.health import degenerate_reasons
+
+    degenerate = degenerate_reasons(metrics)
+    flag = " [bold red]DEGENERATE[/]" if degenerate else ""
     table = Table(title=title, show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -113,12 +207,13 @@ def print_metrics(metrics: dict, title: str) -> None:
             "windows train / val / test",
             f"{metrics['n_train']} / {metrics['n_val']} / {metrics['n_test']}",
         ),
+        ("model check", "[bold red]DEGENERATE: see below[/]" if degenerate else "ok"),
         ("QAT test RMSE", f"{metrics['rmse']:.3f}"),
         ("QAT test MAE", f"{metrics['mae']:.3f}"),
         ("QAT test RMSE (normalised)", f"{metrics['rmse_normalised']:.5f}"),
         ("float test RMSE", f"{metrics['float_rmse']:.3f}"),
         ("persistence test RMSE", f"{metrics['persistence_rmse']:.3f}"),
-        ("QAT RMSE vs float", f"{100 * metrics['rmse_vs_float']:+.2f} %"),
+        ("QAT RMSE vs float", f"{100 * metrics['rmse_vs_float']:+.2f} %{flag}"),
         ("model size (bits)", f"{metrics['model_size_bits']:,}"),
         ("float model size (bits)", f"{metrics['float_model_size_bits']:,}"),
         (
@@ -137,6 +232,16 @@ def print_metrics(metrics: dict, title: str) -> None:
     for name, value in rows:
         table.add_row(name, str(value))
     console.print(table)
+    for warning in metrics.get("data_warnings", []):
+        err_console.print(f"[bold yellow]data warning:[/] {escape(warning)}", emoji=False)
+    if degenerate:
+        err_console.print(
+            "[bold red]error:[/] degenerate model: its RMSE is not that of a forecast "
+            "(metrics.json 'degenerate'); retrain, e.g. with a lower --qat-lr or more epochs:"
+        )
+        for reason in degenerate:
+            err_console.print(f"  {escape(reason)}", emoji=False)
+        raise typer.Exit(1)
 
 
 # --- commands -------------------------------------------------------------------------------
@@ -163,12 +268,16 @@ def train(
     decision_momentum: Annotated[
         float | None, typer.Option(help="Weight of the newest mini-batch in the average of S.")
     ] = None,
+    per_channel_weights: Annotated[
+        bool,
+        typer.Option(help="One scale (and zero point) per output channel for every weight."),
+    ] = False,
     epochs: Annotated[int, typer.Option(help="Max float epochs.")] = 30,
     qat_epochs: Annotated[int, typer.Option(help="Max QAT epochs.")] = 20,
-    batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 64,
-    lr: Annotated[float, typer.Option(help="Adam learning rate (float).")] = 1e-3,
-    qat_lr: Annotated[float, typer.Option(help="Adam learning rate (QAT).")] = 1e-3,
-    patience: Annotated[int, typer.Option(help="Early-stopping patience (epochs).")] = 10,
+    batch_size: BatchSizeOpt = 64,
+    lr: LrOpt = 1e-3,
+    qat_lr: QatLrOpt = 1e-3,
+    patience: PatienceOpt = 10,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     qat_from_scratch: Annotated[
         bool, typer.Option(help="Start QAT from random weights instead of the float model.")
@@ -177,35 +286,48 @@ def train(
         int | None, typer.Option(help="Cap on training batches per epoch (quick runs).")
     ] = None,
     threads: Annotated[int, typer.Option(help="Torch intra-op threads (1 is fastest here).")] = 1,
-    window: Annotated[int, typer.Option(help="Input window length (hours).")] = 24,
-    horizon: Annotated[int, typer.Option(help="Steps ahead (0: the window's last step).")] = 1,
-    d_model: Annotated[int, typer.Option(help="Model width.")] = 16,
-    heads: Annotated[int, typer.Option(help="Attention heads.")] = 1,
-    ffn_dim: Annotated[int | None, typer.Option(help="FFN width (default 4*d_model).")] = None,
-    norm: Annotated[str, typer.Option(help="Normalisation: layer or batch.")] = "layer",
-    target: Annotated[str | None, typer.Option(help="csv/airu: target column.")] = None,
-    timestamp: Annotated[
-        list[str] | None, typer.Option(help="csv: timestamp column(s), repeat for several.")
-    ] = None,
-    timestamp_format: Annotated[str | None, typer.Option(help="csv: strftime format.")] = None,
-    features: Annotated[str | None, typer.Option(help="csv/airu: comma-separated.")] = None,
-    delimiter: Annotated[str | None, typer.Option(help="csv: field delimiter.")] = None,
-    decimal: Annotated[str | None, typer.Option(help="csv: decimal mark.")] = None,
-    na_values: Annotated[
-        str | None, typer.Option(help="csv: comma-separated missing markers, e.g. -200,NA.")
-    ] = None,
+    window: WindowOpt = 24,
+    horizon: HorizonOpt = 1,
+    d_model: DModelOpt = 16,
+    heads: HeadsOpt = 1,
+    ffn_dim: FfnDimOpt = None,
+    norm: NormOpt = "layer",
+    target: TargetOpt = None,
+    timestamp: TimestampOpt = None,
+    timestamp_format: TimestampFormatOpt = None,
+    features: FeaturesOpt = None,
+    delimiter: DelimiterOpt = None,
+    decimal: DecimalOpt = None,
+    na_values: NaValuesOpt = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Start again even if --out has a run.")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            help="Start again even if --out has a run (its results are removed before training)."
+        ),
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Train the float model, then QAT with a bit plan; write metrics, plots and checkpoints."""
     import dataclasses
 
     from brevitas_apq.plans import BitPlan
-    from brevitas_apq.training import DataSpec, TrainConfig, train_run
+    from brevitas_apq.training import TrainConfig, train_run
 
-    options = _csv_options(
-        target, timestamp, timestamp_format, features, delimiter, decimal, na_values
+    if resume and overwrite:
+        raise _option_error("--resume and --overwrite exclude each other: give one of them")
+    data_spec = _data_spec(
+        data,
+        predict,
+        window,
+        horizon,
+        target,
+        timestamp,
+        timestamp_format,
+        features,
+        delimiter,
+        decimal,
+        na_values,
     )
     bit_plan = BitPlan.parse(plan, threshold=threshold)
     decision = {
@@ -221,9 +343,17 @@ def train(
         bit_plan = dataclasses.replace(
             bit_plan, decision=dataclasses.replace(bit_plan.decision, **decision)
         )
+    if per_channel_weights:
+        bit_plan = dataclasses.replace(
+            bit_plan,
+            layers={
+                name: dataclasses.replace(spec, weight=spec.weight.replace(per_channel=True))
+                for name, spec in bit_plan.layers.items()
+            },
+        )
     metrics = train_run(
         out,
-        data=DataSpec(data, window, horizon, options=options, predict=predict),
+        data=data_spec,
         plan=bit_plan,
         train=TrainConfig(
             float_epochs=epochs,
@@ -237,7 +367,7 @@ def train(
             max_batches=max_batches,
             threads=threads,
         ),
-        model_options={"d_model": d_model, "n_heads": heads, "ffn_dim": ffn_dim, "norm": norm},
+        model_options=_model_options(d_model, heads, ffn_dim, norm),
         resume=resume,
         overwrite=overwrite,
         progress=progress,
@@ -249,8 +379,10 @@ def train(
 @_clean_errors
 def export_cmd(
     run_dir: Annotated[Path, typer.Argument(help="A finished `apq train` run directory.")],
-    windows: Annotated[int, typer.Option(help="Test windows to check.")] = 256,
-    tolerance: Annotated[float, typer.Option(help="Max abs difference allowed.")] = 1e-5,
+    windows: Annotated[int, typer.Option(min=1, help="Test windows to check.")] = 256,
+    tolerance: Annotated[
+        float, typer.Option(callback=_finite_at_least_zero, help="Max abs difference allowed.")
+    ] = 1e-5,
 ) -> None:
     """Export the run's quantised model to QONNX and check it against Brevitas on test windows."""
     from brevitas_apq.export import export_run
@@ -284,11 +416,14 @@ def quickstart(
     finn: Annotated[
         bool, typer.Option(help="End with the FINN estimate + emulation (Pynq-Z1).")
     ] = True,
+    overwrite: Annotated[
+        bool, typer.Option(help="Start over: remove the results of an earlier run in --out.")
+    ] = False,
 ) -> None:
     """The main job: float + QAT (mixed-4-8 / sq-apq) on the embedded data, QONNX export, then
     the FINN dataflow estimate and emulation for Pynq-Z1 (RUN_DIR/finn/summary.json).
 
-    Resumes an interrupted quickstart in the same --out.
+    Resumes an interrupted quickstart in the same --out (--overwrite starts over).
     """
     from brevitas_apq.export import export_run
     from brevitas_apq.io import write_json
@@ -299,7 +434,8 @@ def quickstart(
         out,
         plan=BitPlan.from_presets("mixed-4-8", "sq-apq"),
         train=TrainConfig(float_epochs=epochs, qat_epochs=qat_epochs, seed=seed),
-        resume=(out / CHECKPOINT).exists(),
+        resume=not overwrite and (out / CHECKPOINT).exists(),
+        overwrite=overwrite,
         progress=progress,
     )
     metrics["export"] = export_run(out)
@@ -325,6 +461,7 @@ def _quickstart_finn(run_dir: Path) -> None:
         err_console.print("[yellow]finn-plus is not installed: FINN estimate skipped[/]")
         return
     from brevitas_apq.finn_bridge import build_run, summary_table
+    from brevitas_apq.io import read_json
     from finn_flow.cppsim import HlsToolchain
     from finn_flow.errors import EmulationMismatchError, FinnFlowError
 
@@ -338,7 +475,7 @@ def _quickstart_finn(run_dir: Path) -> None:
     try:
         summary = build_run(run_dir, board="Pynq-Z1", windows=QUICKSTART_WINDOWS, cppsim=cppsim)
     except EmulationMismatchError as err:
-        summary, failure = json.loads((run_dir / "finn" / "summary.json").read_text()), err
+        summary, failure = read_json(run_dir / "finn" / "summary.json"), err
     board = summary.get("board", "Pynq-Z1")
     console.print(summary_table(summary, f"apq quickstart: FINN estimate, {board}"))
     console.print(f"FINN reports in {run_dir / 'finn' / 'report'}")
@@ -351,10 +488,9 @@ def _quickstart_finn(run_dir: Path) -> None:
 @_clean_errors
 def show(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
     """Print the summary table of a finished run."""
-    path = run_dir / "metrics.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: not a finished run directory")
-    print_metrics(json.loads(path.read_text()), str(run_dir))
+    from brevitas_apq.training import check_finished
+
+    print_metrics(check_finished(run_dir), str(run_dir))
 
 
 # --- apq reproduce (brevitas_apq.experiments) --------------------------------------------------
@@ -397,32 +533,50 @@ def reproduce(
         typer.Option(help="APQ threshold sweep of sq-apq/all-apq, e.g. 0,0.05,0.1,0.2,0.5,1."),
     ] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Parallel worker processes.")] = 1,
-    patience: Annotated[int, typer.Option(help="Early-stopping patience (epochs).")] = 10,
-    batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 64,
+    patience: PatienceOpt = 10,
+    batch_size: BatchSizeOpt = 64,
+    lr: LrOpt = 1e-3,
+    qat_lr: QatLrOpt = 1e-3,
     finn: Annotated[
         bool, typer.Option(help="Add FINN resource estimates (brevitas_apq.finn_bridge).")
     ] = False,
-    board: Annotated[str | None, typer.Option(help="FINN board (with --finn).")] = None,
+    board: Annotated[
+        str | None, typer.Option(help="FINN board (with --finn; default Pynq-Z1).")
+    ] = None,
     data: DataOpt = "beijing",
     predict: PredictOpt = "change",
-    target: Annotated[str | None, typer.Option(help="csv/airu: target column.")] = None,
-    timestamp: Annotated[str | None, typer.Option(help="csv: timestamp column.")] = None,
+    window: WindowOpt = 24,
+    horizon: HorizonOpt = 1,
+    target: TargetOpt = None,
+    timestamp: TimestampOpt = None,
+    timestamp_format: TimestampFormatOpt = None,
+    features: FeaturesOpt = None,
+    delimiter: DelimiterOpt = None,
+    decimal: DecimalOpt = None,
+    na_values: NaValuesOpt = None,
+    d_model: DModelOpt = 16,
+    heads: HeadsOpt = 1,
+    ffn_dim: FfnDimOpt = None,
+    norm: NormOpt = "layer",
     progress: Annotated[bool, typer.Option(help="Progress bars of each run.")] = False,
 ) -> None:
     """The paper's grid: float baseline and every bit x scheme preset over seeds.
 
     Trains the float model once per seed and starts every QAT configuration from it. Writes
-    results.csv, results.md, stability.csv and plots to --out; finished runs are kept and
-    interrupted ones resume, so running the same command again continues the grid.
+    results.csv, results.md (headed by the command that regenerates it), stability.csv and
+    plots to --out; finished runs are kept and interrupted ones resume, so running the same
+    command again continues the grid.
     """
     from brevitas_apq import experiments
+    from brevitas_apq.finn_bridge import DEFAULT_BOARD
     from brevitas_apq.plans import BIT_PRESETS, SCHEME_PRESETS
-    from brevitas_apq.training import DataSpec, TrainConfig
+    from brevitas_apq.training import TrainConfig
 
     def pick(value, key, default):
         return value if value is not None else (experiments.QUICK[key] if quick else default)
 
-    options = _csv_options(target, [timestamp] if timestamp else None, None, None, None, None, None)
+    if board is not None and not finn:
+        raise _option_error(f"--board {board} is used only with --finn: add --finn or drop --board")
     result = experiments.reproduce(
         out,
         bits=experiments.parse_list(bits, BIT_PRESETS, "bit preset"),
@@ -438,11 +592,26 @@ def reproduce(
             max_batches=pick(max_batches, "max_batches", None),
             patience=patience,
             batch_size=batch_size,
+            lr=lr,
+            qat_lr=qat_lr,
         ),
-        data=DataSpec(data, options=options, predict=predict),
+        data=_data_spec(
+            data,
+            predict,
+            window,
+            horizon,
+            target,
+            timestamp,
+            timestamp_format,
+            features,
+            delimiter,
+            decimal,
+            na_values,
+        ),
+        model_options=_model_options(d_model, heads, ffn_dim, norm),
         jobs=jobs,
         finn=finn,
-        finn_board=board,
+        finn_board=(board or DEFAULT_BOARD) if finn else board,
         progress=progress,
         log=lambda line: console.print(line, highlight=False),
     )
@@ -638,8 +807,8 @@ def search(
     max_batches: Annotated[
         int | None, typer.Option(help="Cap on training batches per epoch.")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 64,
-    patience: Annotated[int, typer.Option(help="Early-stopping patience (epochs).")] = 10,
+    batch_size: BatchSizeOpt = 64,
+    patience: PatienceOpt = 10,
     seed: Annotated[int, typer.Option(help="Seed of the float model and of QAT.")] = 0,
     min_bits: Annotated[int, typer.Option(help="Smallest bit width per layer.")] = 2,
     max_bits: Annotated[int, typer.Option(help="Largest bit width per layer.")] = 8,
@@ -656,8 +825,15 @@ def search(
     ] = None,
     data: DataOpt = "beijing",
     predict: PredictOpt = "change",
-    target: Annotated[str | None, typer.Option(help="csv/airu: target column.")] = None,
-    timestamp: Annotated[str | None, typer.Option(help="csv: timestamp column.")] = None,
+    window: WindowOpt = 24,
+    horizon: HorizonOpt = 1,
+    target: TargetOpt = None,
+    timestamp: TimestampOpt = None,
+    timestamp_format: TimestampFormatOpt = None,
+    features: FeaturesOpt = None,
+    delimiter: DelimiterOpt = None,
+    decimal: DecimalOpt = None,
+    na_values: NaValuesOpt = None,
     progress: Annotated[bool, typer.Option(help="Progress bars of each run.")] = False,
 ) -> None:
     """Multi-objective search over per-layer bits and schemes (RMSE, size, zero-point ops).
@@ -666,9 +842,8 @@ def search(
     writes trials.csv, pareto.csv and pareto.png of the whole study to its --out.
     """
     from brevitas_apq import search as search_mod
-    from brevitas_apq.training import DataSpec, TrainConfig
+    from brevitas_apq.training import TrainConfig
 
-    options = _csv_options(target, [timestamp] if timestamp else None, None, None, None, None, None)
     result = search_mod.search(
         out,
         storage=storage,
@@ -689,7 +864,19 @@ def search(
             patience=patience,
             seed=seed,
         ),
-        data=DataSpec(data, options=options, predict=predict),
+        data=_data_spec(
+            data,
+            predict,
+            window,
+            horizon,
+            target,
+            timestamp,
+            timestamp_format,
+            features,
+            delimiter,
+            decimal,
+            na_values,
+        ),
         sampler=sampler,
         sampler_seed=sampler_seed,
         progress=progress,
@@ -753,7 +940,8 @@ def build_cmd(
         typer.Option("--out", "-o", help="Output directory (default RUN_DIR/finn or MODEL_finn)."),
     ] = None,
     target_fps: Annotated[
-        int | None, typer.Option("--target-fps", help="Target inferences/s (auto-folding).")
+        int | None,
+        typer.Option("--target-fps", min=1, help="Target inferences/s (auto-folding)."),
     ] = None,
     folding: Annotated[
         Path | None, typer.Option("--folding", help="FINN folding config JSON.")
@@ -763,10 +951,16 @@ def build_cmd(
         typer.Option("--run", help="Run directory supplying test windows and the Brevitas model."),
     ] = None,
     windows: Annotated[
-        int, typer.Option(help="Test windows to emulate through FINN's HW graph (0: none).")
+        int,
+        typer.Option(min=0, help="Test windows to emulate through FINN's HW graph (0: none)."),
     ] = 32,
-    tolerance: Annotated[float, typer.Option(help="Max abs emulation difference.")] = 1e-4,
-    clock_ns: Annotated[float, typer.Option("--clock-ns", help="Target clock period.")] = 10.0,
+    tolerance: Annotated[
+        float, typer.Option(callback=_finite_at_least_zero, help="Max abs emulation difference.")
+    ] = 1e-4,
+    clock_ns: Annotated[
+        float,
+        typer.Option("--clock-ns", callback=_finite_positive, help="Target clock period (ns)."),
+    ] = 10.0,
     inputs: Annotated[
         Path | None,
         typer.Option(
@@ -780,6 +974,7 @@ def build_cmd(
             "--cppsim",
             help="Also compile every HLS node with g++ and run the first N windows through "
             "the C++ kernels, bit for bit against Python and QONNX (0: off).",
+            min=0,
         ),
     ] = 0,
     hls_dir: Annotated[
@@ -790,7 +985,7 @@ def build_cmd(
             "$APQ_HLS_DIR, else finn's deps folder).",
         ),
     ] = None,
-    jobs: Annotated[int, typer.Option(help="Parallel C++ compiles for --cppsim.")] = 2,
+    jobs: Annotated[int, typer.Option(min=1, help="Parallel C++ compiles for --cppsim.")] = 2,
     max_util: Annotated[
         float | None,
         typer.Option(
@@ -830,39 +1025,35 @@ def build_cmd(
     """
     import warnings
 
-    from brevitas_apq.finn_bridge import build_model, summary_table
+    from brevitas_apq.finn_bridge import build_model, run_onnx, summary_table
+    from brevitas_apq.io import read_json
     from finn_flow.errors import EmulationMismatchError
 
     if target_fps is not None and folding is not None:
-        raise ValueError("--target-fps and --folding exclude each other: give one of them")
+        raise _option_error("--target-fps and --folding exclude each other: give one of them")
     if max_util is not None and not 0 < max_util <= 1:
-        raise ValueError(f"--max-util {max_util}: expected a share in (0, 1], e.g. 0.8")
-    if windows < 0 or cppsim < 0 or jobs < 1:
-        raise ValueError("--windows and --cppsim must be >= 0 and --jobs >= 1")
+        raise _option_error(f"--max-util {max_util}: expected a share in (0, 1], e.g. 0.8")
     if cppsim > windows:
-        raise ValueError(
+        raise _option_error(
             f"--cppsim {cppsim} > --windows {windows}: simulate at most the "
             "emulated windows (raise --windows)"
         )
     if inputs is not None and model.is_dir():
-        raise ValueError(f"{model} is a run directory (it supplies the inputs): drop --inputs")
+        raise _option_error(f"{model} is a run directory (it supplies the inputs): drop --inputs")
     if inputs is not None and run is not None:
-        raise ValueError("--inputs and --run exclude each other: give one of them")
+        raise _option_error("--inputs and --run exclude each other: give one of them")
+    if out is not None and out.exists() and not out.is_dir():
+        raise _option_error(f"--out {out} is a file: give a folder for FINN's outputs")
     if model.is_dir():
         if run is not None and run.resolve() != model.resolve():
-            raise ValueError(f"{model} is a run directory: drop --run or pass the .onnx file")
+            raise _option_error(f"{model} is a run directory: drop --run or pass the .onnx file")
         run = model
-        onnx_path = model / "model.onnx"
-        if not onnx_path.is_file() and (model / "model.pt").is_file():
-            from brevitas_apq.export import export_run
-
-            console.print(f"exporting {onnx_path} first")
-            export_run(model)
-        elif not onnx_path.is_file():
-            raise FileNotFoundError(
+        if not any((model / name).exists() for name in ("model.onnx", "model.pt", "metrics.json")):
+            raise RunError(
                 f"{model} is a directory without model.onnx or model.pt: pass a QONNX file "
                 "or a finished `apq train` run directory"
             )
+        onnx_path = run_onnx(model, log=lambda line: console.print(line, highlight=False))
         out = out or model / "finn"
     else:
         onnx_path = model
@@ -897,7 +1088,7 @@ def build_cmd(
             )
             failure = None
         except EmulationMismatchError as err:
-            summary, failure = json.loads((out / "summary.json").read_text()), err
+            summary, failure = read_json(out / "summary.json"), err
     _print_finn_warnings(caught)
     console.print(summary_table(summary))
     console.print(f"reports in {out / 'report'}, summary in {out / 'summary.json'}")

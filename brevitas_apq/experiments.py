@@ -10,8 +10,11 @@ their checkpoint, so an interrupted ``apq reproduce`` continues where it stopped
 Outputs in the grid directory (all written atomically):
 
     settings.json        the training/data settings (a grid refuses to continue with others)
-    results.csv          one row per run (float baselines and QAT configurations)
-    results.md           the table aggregated over seeds, with the command that regenerates it
+    results.csv          one row per run (float baselines and QAT configurations); ``degenerate``
+                         (1 for a model with constant or non-finite output or a collapsed
+                         quantiser, brevitas_apq.health) and ``degenerate_reasons``
+    results.md           the table aggregated over seeds, with the command that regenerates it;
+                         degenerate runs are counted per configuration and listed
     rmse_bars.png        RMSE per configuration, mean and std over seeds
     rmse_vs_zero_point_ops.png   RMSE against zero-point operations, one point per configuration
     thresholds.csv/.png  the APQ threshold sweep (``thresholds=...``)
@@ -22,9 +25,9 @@ Outputs in the grid directory (all written atomically):
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import json
 import math
+import re
+import shlex
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -38,6 +41,9 @@ import numpy as np
 import pandas as pd
 
 from brevitas_apq import io
+from brevitas_apq.errors import APQError
+from brevitas_apq.health import degenerate_reasons
+from brevitas_apq.models import ModelConfig
 from brevitas_apq.plans import BIT_PRESETS, SCHEME_PRESETS, BitPlan, PlanError
 from brevitas_apq.training import CHECKPOINT, DataSpec, TrainConfig
 
@@ -49,7 +55,7 @@ QUICK = {"seeds": 1, "float_epochs": 20, "qat_epochs": 3, "max_batches": 200}
 FINN_COLUMNS = ("LUT", "BRAM_18K", "DSP", "estimated_throughput_fps")
 
 
-class GridError(ValueError):
+class GridError(APQError):
     """A grid option or grid directory that cannot be used as given."""
 
 
@@ -144,7 +150,10 @@ def _run_task(task: dict[str, Any]) -> dict[str, Any]:
     out = Path(task["dir"])
     metrics_path = out / "metrics.json"
     if metrics_path.is_file():
-        return {"metrics": json.loads(metrics_path.read_text()), "skipped": True, "seconds": 0.0}
+        metrics = io.read_json(
+            metrics_path, fix=f"delete the folder {out} (the run is trained again)"
+        )
+        return {"metrics": metrics, "skipped": True, "seconds": 0.0}
     start = time.perf_counter()
     common = {
         "data": task["data"],
@@ -252,7 +261,17 @@ def _zero_point_ops(metrics: dict[str, Any]) -> float:
     return float(value) if value is not None else float("nan")
 
 
+def _skill(rmse: float, metrics: dict[str, Any]) -> dict[str, float]:
+    """Skill over the persistence forecast on the test split, ``1 - RMSE / persistence RMSE``
+    (> 0: better than repeating the last value), and whether it is positive."""
+    persistence = metrics.get("persistence_rmse", float("nan"))
+    skill = 1.0 - rmse / persistence if persistence else float("nan")
+    return {"persistence_rmse": persistence, "skill": skill, "beats_persistence": int(skill > 0)}
+
+
 def _row(config: Config | None, seed: int, run: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    reasons = degenerate_reasons(metrics, "float" if config is None else "qat")
+    health = {"degenerate": int(bool(reasons)), "degenerate_reasons": "; ".join(reasons)}
     if config is None:  # float baseline
         return {
             "config": "float",
@@ -262,6 +281,8 @@ def _row(config: Config | None, seed: int, run: Path, metrics: dict[str, Any]) -
             "seed": seed,
             "rmse": metrics["float_rmse"],
             "mae": metrics.get("float_mae", float("nan")),
+            "val_rmse": metrics.get("float_val_rmse", float("nan")),
+            **_skill(metrics["float_rmse"], metrics),
             "float_rmse": metrics["float_rmse"],
             "rmse_vs_float": 0.0,
             "model_size_bits": metrics["float_model_size_bits"],
@@ -273,6 +294,7 @@ def _row(config: Config | None, seed: int, run: Path, metrics: dict[str, Any]) -
             "n_apq_aq": 0,
             "epochs_run": metrics.get("float_epochs_run", metrics.get("epochs_run")),
             "train_seconds": metrics.get("train_seconds"),
+            **health,
             "run_dir": str(run),
         }
     schemes = metrics.get("schemes", {})
@@ -285,6 +307,8 @@ def _row(config: Config | None, seed: int, run: Path, metrics: dict[str, Any]) -
         "seed": seed,
         "rmse": metrics["rmse"],
         "mae": metrics.get("mae", float("nan")),
+        "val_rmse": metrics.get("val_rmse", float("nan")),
+        **_skill(metrics["rmse"], metrics),
         "float_rmse": metrics["float_rmse"],
         "rmse_vs_float": metrics["rmse"] / metrics["float_rmse"] - 1.0,
         "model_size_bits": metrics["model_size_bits"],
@@ -296,8 +320,12 @@ def _row(config: Config | None, seed: int, run: Path, metrics: dict[str, Any]) -
         "n_apq_aq": sum(schemes.get(q) == "AQ" for q in adaptive),
         "epochs_run": metrics.get("qat_epochs_run", metrics.get("epochs_run")),
         "train_seconds": metrics.get("train_seconds"),
+        **health,
         "run_dir": str(run),
     }
+
+
+_RETRAIN = "delete its run folder and run the same command again (the run is trained again)"
 
 
 def collect(
@@ -308,13 +336,13 @@ def collect(
     for seed in seeds:
         path = float_dir(out, seed) / "metrics.json"
         if path.is_file():
-            rows.append(_row(None, seed, path.parent, json.loads(path.read_text())))
+            rows.append(_row(None, seed, path.parent, io.read_json(path, fix=_RETRAIN)))
     for config in configs:
         for seed in seeds:
             run = run_dir(out, config, seed)
             path = run / "metrics.json"
             if path.is_file():
-                row = _row(config, seed, run, json.loads(path.read_text()))
+                row = _row(config, seed, run, io.read_json(path, fix=_RETRAIN))
                 for key, value in ((finn or {}).get(str(run)) or {}).items():
                     row[f"finn_{key}"] = value
                 rows.append(row)
@@ -322,7 +350,8 @@ def collect(
 
 
 def aggregate(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over seeds per configuration, in grid order."""
+    """Mean and std over seeds per configuration, in grid order; ``degenerate_runs`` counts
+    the runs of a configuration whose model is degenerate."""
     if results.empty:
         return pd.DataFrame()
     keys = ["config", "bits", "schemes", "threshold"]
@@ -331,10 +360,18 @@ def aggregate(results: pd.DataFrame) -> pd.DataFrame:
     numeric = [
         c
         for c in frame.columns
-        if c not in (*keys, "seed", "run_dir") and pd.api.types.is_numeric_dtype(frame[c])
+        if c not in (*keys, "seed", "run_dir", "degenerate", "beats_persistence")
+        and pd.api.types.is_numeric_dtype(frame[c])
     ]
     grouped = frame.groupby(keys, sort=False)
     agg = grouped[numeric].mean()
+    if "degenerate" in frame:
+        agg["degenerate_runs"] = grouped["degenerate"].sum()
+    if "beats_persistence" in frame:  # runs whose test RMSE is below persistence's
+        agg["beats_persistence_runs"] = grouped["beats_persistence"].sum()
+    for column in ("val_rmse", "skill"):
+        if column in frame:
+            agg[f"{column}_std"] = grouped[column].std(ddof=1)
     agg["rmse_std"] = grouped["rmse"].std(ddof=1) if len(frame) else np.nan
     agg["rmse_vs_float_std"] = grouped["rmse_vs_float"].std(ddof=1)
     agg["seeds"] = grouped["seed"].nunique()
@@ -350,11 +387,27 @@ def _fmt(value: Any, spec: str = ".3f") -> str:
     return format(value, spec)
 
 
+def _mean_std(r: pd.Series, column: str, spec: str, scale: float = 1.0, unit: str = "") -> str:
+    """``"mean ± std"`` of an aggregated column (``–`` where it is missing)."""
+    mean = r.get(column)
+    if mean is None or pd.isna(mean):
+        return "–"
+    std = r.get(f"{column}_std")
+    tail = "" if std is None or pd.isna(std) else f" ± {format(scale * std, spec.lstrip('+'))}"
+    return f"{format(scale * mean, spec)}{tail}{unit}"
+
+
 def markdown_table(agg: pd.DataFrame, finn: bool = False) -> str:
+    """The aggregated grid as a Markdown table; a "degenerate" column (runs with a degenerate
+    model, of the seeds) appears when there are any. "skill" is ``1 - RMSE / persistence RMSE``
+    on the test split (mean ± std over seeds, and in how many seeds it is positive)."""
+    flagged = "degenerate_runs" in agg and bool(agg["degenerate_runs"].fillna(0).any())
     header = [
         "configuration",
         "seeds",
+        "val RMSE (mean ± std)",
         "RMSE (mean ± std)",
+        "skill vs persistence",
         "vs float",
         "model size (bits)",
         "zero-point ops",
@@ -363,15 +416,21 @@ def markdown_table(agg: pd.DataFrame, finn: bool = False) -> str:
     ]
     finn_cols = [c for c in agg.columns if c.startswith("finn_")] if finn else []
     header += [c.removeprefix("finn_") for c in finn_cols]
+    header += ["degenerate"] if flagged else []
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, r in agg.iterrows():
         std = "" if pd.isna(r.get("rmse_std")) else f" ± {r['rmse_std']:.3f}"
         apq = f"{r['n_apq_aq']:.1f} of {r['n_apq']:.0f}" if r["n_apq"] else "–"
         aq = f"{r['n_aq']:.1f} of {r['n_quantizers']:.0f}" if r["n_quantizers"] else "–"
+        skill = _mean_std(r, "skill", "+.2f", 100, " %")
+        if skill != "–" and not pd.isna(r.get("beats_persistence_runs")):
+            skill += f" ({int(r['beats_persistence_runs'])} of {int(r['seeds'])} > 0)"
         cells = [
             str(r["config"]),
             str(int(r["seeds"])),
+            _mean_std(r, "val_rmse", ".3f"),
             f"{r['rmse_mean']:.3f}{std}",
+            skill,
             f"{100 * r['rmse_vs_float_mean']:+.2f} %",
             f"{r['model_size_bits']:,.0f}",
             _fmt(r["zero_point_ops"], ",.0f"),
@@ -379,6 +438,9 @@ def markdown_table(agg: pd.DataFrame, finn: bool = False) -> str:
             aq,
         ]
         cells += [_fmt(r[c], ",.1f") for c in finn_cols]
+        if flagged:
+            n_bad = int(r["degenerate_runs"])
+            cells.append(f"**DEGENERATE: {n_bad} of {int(r['seeds'])}**" if n_bad else "–")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -560,47 +622,118 @@ class GridResult:
     files: list[Path] = dataclasses.field(default_factory=list)
 
 
+#: ``DataSpec.options`` keys and the ``apq reproduce`` flags that set them (cli._csv_options).
+_DATA_FLAGS = {
+    "target": "--target",
+    "timestamp": "--timestamp",
+    "timestamp_format": "--timestamp-format",
+    "features": "--features",
+    "delimiter": "--delimiter",
+    "decimal": "--decimal",
+    "na_values": "--na-values",
+}
+#: ``ModelConfig`` options and their flags.
+_MODEL_FLAGS = {
+    "d_model": "--d-model",
+    "n_heads": "--heads",
+    "ffn_dim": "--ffn-dim",
+    "norm": "--norm",
+}
+
+
 def command_line(
     out: Path,
     *,
     bits: Sequence[str],
     schemes: Sequence[str],
-    seeds: int,
+    seeds: int | Sequence[int],
     thresholds: Sequence[float],
     threshold: float,
     train: TrainConfig,
     data: DataSpec,
-    jobs: int,
-    finn: bool,
+    model_options: dict[str, Any] | None = None,
+    jobs: int = 1,
+    finn: bool = False,
+    finn_board: str | None = None,
 ) -> str:
-    """The ``apq reproduce`` command that regenerates this grid."""
-    parts = ["apq reproduce", f"--out {out}", f"--seeds {seeds}"]
-    parts += [f"--epochs {train.float_epochs}", f"--qat-epochs {train.qat_epochs}"]
-    if train.max_batches:
-        parts.append(f"--max-batches {train.max_batches}")
-    if tuple(bits) != BIT_PRESETS:
-        parts.append(f"--bits {','.join(bits)}")
-    if tuple(schemes) != GRID_SCHEMES:
-        parts.append(f"--schemes {','.join(schemes)}")
-    if threshold != DEFAULT_THRESHOLD:
-        parts.append(f"--threshold {threshold:g}")
+    """The ``apq reproduce`` command that regenerates this grid, quoted for a POSIX shell.
+
+    Every setting that shapes the results is written out, defaults included, so that a later
+    change of a default does not change what the command runs. Settings the command line
+    cannot express (explicit seeds other than 0..N-1, ``qat_from_scratch``, another ``split``)
+    are listed after a ``#``.
+
+    Example::
+
+        command_line(Path("runs/g"), bits=["all-8"], schemes=["all-sq"], seeds=1,
+                     thresholds=(), threshold=0.1, train=TrainConfig(), data=DataSpec())
+        # 'apq reproduce --out runs/g --seeds 1 --epochs 30 ... --bits all-8 ...'
+    """
+    args = ["apq", "reproduce", "--out", str(out)]
+    extra = []
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    if seed_list == list(range(len(seed_list))):
+        args += ["--seeds", str(len(seed_list))]
+    else:
+        extra.append(f"seeds={seed_list}")
+    args += ["--epochs", str(train.float_epochs), "--qat-epochs", str(train.qat_epochs)]
+    if train.max_batches is not None:
+        args += ["--max-batches", str(train.max_batches)]
+    args += ["--batch-size", str(train.batch_size), "--patience", str(train.patience)]
+    args += ["--lr", _number(train.lr), "--qat-lr", _number(train.qat_lr)]
+    if train.qat_from_scratch:
+        extra.append("qat_from_scratch=True")
+    args += ["--bits", ",".join(bits), "--schemes", ",".join(schemes)]
+    args += ["--threshold", _number(threshold)]
     if thresholds:
-        parts.append(f"--thresholds {','.join(f'{t:g}' for t in thresholds)}")
-    if data.dataset != "beijing":
-        parts.append(f"--data {data.dataset}")
-        for key, value in data.options:
-            parts.append(f"--{key.replace('_', '-')} {value}")
-    if jobs > 1:
-        parts.append(f"--jobs {jobs}")
+        args += ["--thresholds", ",".join(_number(t) for t in thresholds)]
+    args += ["--data", data.dataset, "--predict", data.predict]
+    args += ["--window", str(data.window), "--horizon", str(data.horizon)]
+    if tuple(data.split) != DataSpec.split:
+        extra.append(f"split={tuple(data.split)}")
+    for key, value in data.options:
+        flag = _DATA_FLAGS.get(key)
+        values = [value] if isinstance(value, str) else list(value)
+        joined = key in ("features", "na_values")
+        if flag is None or (joined and any("," in str(v) for v in values)):
+            extra.append(f"{key}={value!r}")
+        elif joined:
+            args += [f"{flag}={','.join(map(str, values))}"]
+        else:
+            args += [f"{flag}={v}" for v in values]
+    for key, value in (model_options or {}).items():
+        if key in _MODEL_FLAGS and value is not None:
+            args += [_MODEL_FLAGS[key], str(value)]
+        elif value is not None:
+            extra.append(f"{key}={value!r}")
+    if jobs != 1:
+        args += ["--jobs", str(jobs)]
     if finn:
-        parts.append("--finn")
-    return " ".join(parts)
+        args += ["--finn", "--board", finn_board or _default_board()]
+    command = shlex.join(args)
+    if extra:
+        command += "  # not expressible on the command line: " + ", ".join(extra)
+    return command
+
+
+def _number(value: float) -> str:
+    """The shortest of ``:g`` and ``repr`` that reads back as exactly ``value``."""
+    short = format(float(value), "g")
+    return short if float(short) == float(value) else repr(float(value))
+
+
+def _default_board() -> str:
+    from brevitas_apq.finn_bridge import DEFAULT_BOARD
+
+    return DEFAULT_BOARD
 
 
 def _check_settings(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
     path = out / "settings.json"
     if path.is_file() and not overwrite:
-        old = json.loads(path.read_text())
+        old = io.read_json(
+            path, fix="delete it (the grid then takes this command's settings) or use another --out"
+        )
         if old != settings:
             changed = sorted(k for k in settings if old.get(k) != settings[k])
             raise GridError(
@@ -610,36 +743,52 @@ def _check_settings(out: Path, settings: dict[str, Any], overwrite: bool) -> Non
     io.write_json(path, settings)
 
 
-def _finn_summaries(
-    results: pd.DataFrame, board: str | None, log: Callable[[str], None]
-) -> dict[str, dict]:
-    try:
-        from brevitas_apq import finn_bridge
-    except ImportError as err:
+def _check_finn(board: str | None) -> str:
+    """The board of ``--finn`` (default Pynq-Z1) by its canonical name; GridError before any
+    training if finn-plus is missing or the board is unknown."""
+    import importlib.util
+
+    if importlib.util.find_spec("finn") is None:
         raise GridError(
-            f"--finn needs brevitas_apq.finn_bridge, which is not available: {err}"
-        ) from None
-    build = getattr(finn_bridge, "build_run", None)
-    if build is None:
-        raise GridError("--finn: brevitas_apq.finn_bridge has no build_run function")
-    params = inspect.signature(build).parameters
+            "--finn needs finn-plus, which is not installed (scripts/setup-env.sh installs it); "
+            "drop --finn or install it"
+        )
+    from finn_flow.boards import resolve_target
+    from finn_flow.errors import FinnFlowError
+
+    try:
+        return resolve_target(board or _default_board()).name
+    except FinnFlowError as err:
+        raise GridError(f"--board: {err}") from None
+
+
+def _finn_summaries(
+    results: pd.DataFrame, board: str, log: Callable[[str], None]
+) -> dict[str, dict]:
+    """FINN estimates (``FINN_COLUMNS``) of every QAT run of ``results`` for ``board``.
+
+    Each is cached in ``RUN/finn_summary.<board>.json`` with what it depends on (the board, the
+    build settings and a SHA-256 of ``model.pt``); a cache made for another board, other
+    settings or another model is rebuilt, never reused.
+    """
+    from brevitas_apq import finn_bridge
+    from brevitas_apq.training import MODEL_FILE
+
     summaries = {}
     for run in results.loc[results.config != "float", "run_dir"]:
         run = Path(run)
-        cache = run / "finn_summary.json"
-        if cache.is_file():
-            summary = json.loads(cache.read_text())
+        key = {"board": board, "windows": 0, "model_sha256": io.file_sha256(run / MODEL_FILE)}
+        cache = run / f"finn_summary.{re.sub(r'[^A-Za-z0-9_.-]', '_', board)}.json"
+        try:
+            cached = io.read_json(cache) if cache.is_file() else None
+        except APQError:  # a damaged cache is rebuilt
+            cached = None
+        if isinstance(cached, dict) and cached.get("key") == key:
+            summary = cached["summary"]
         else:
-            kwargs: dict[str, Any] = {}
-            if "out" in params:
-                kwargs["out"] = run / "finn"
-            if "windows" in params:
-                kwargs["windows"] = 0
-            if board and "board" in params:
-                kwargs["board"] = board
-            log(f"FINN estimate of {run} ...")
-            summary = build(run, **kwargs)
-            io.write_json(cache, summary)
+            log(f"FINN estimate of {run} for {board} ...")
+            summary = finn_bridge.build_run(run, board=board, out=run / "finn", windows=0)
+            io.write_json(cache, {"key": key, "summary": summary})
         summaries[str(run)] = {
             k: summary[k] for k in FINN_COLUMNS if isinstance(summary.get(k), int | float)
         }
@@ -691,6 +840,14 @@ def reproduce(
         BitPlan.from_presets(bits[0], schemes[0], threshold)
     except PlanError as err:
         raise GridError(str(err)) from None
+    if finn:
+        finn_board = _check_finn(finn_board)
+    elif finn_board is not None:
+        raise GridError(f"a FINN board ({finn_board!r}) is used only with --finn: add --finn")
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+    model_options = {
+        k: v for k, v in (model_options or {}).items() if k not in defaults or defaults[k] != v
+    }
     train = dataclasses.replace(train, threads=1)
     settings = {
         "data": data.to_dict(),
@@ -698,18 +855,21 @@ def reproduce(
         "train": {k: v for k, v in dataclasses.asdict(train).items() if k != "seed"},
     }
     _check_settings(out, settings, overwrite_settings)
+    io.remove_stale_temps(out)
     configs = configurations(bits, schemes, thresholds, threshold)
     command = command_line(
         out,
         bits=bits,
         schemes=schemes,
-        seeds=len(seed_list) if seed_list == list(range(len(seed_list))) else seed_list,
+        seeds=seed_list,
         thresholds=thresholds,
         threshold=threshold,
         train=train,
         data=data,
+        model_options={**{k: defaults[k] for k in _MODEL_FLAGS}, **model_options},
         jobs=jobs,
         finn=finn,
+        finn_board=finn_board,
     )
 
     tasks = []
@@ -762,7 +922,9 @@ def reproduce(
         "",
         f"Test RMSE in target units over {len(seed_list)} seed(s); 'vs float' is the mean "
         "relative RMSE change against the float model of the same seed; 'APQ → AQ' is how many "
-        "APQ quantisers ended on the asymmetric scheme (mean over seeds).",
+        "APQ quantisers ended on the asymmetric scheme (mean over seeds); 'val RMSE' is on the "
+        "validation split (what early stopping selects on); 'skill vs persistence' is "
+        "1 - RMSE / persistence RMSE on the test split, and in how many seeds it is above 0.",
         "",
     ]
     if len(table):
@@ -790,6 +952,13 @@ def reproduce(
         files.append(_plot_representative(results, threshold, out))
     if failed:
         md += ["", "## Failed runs", ""] + [f"- `{d}` (see its error.txt)" for d in failed]
+    bad = results[results.degenerate == 1] if len(results) else results
+    if len(bad):
+        md += ["", "## Degenerate models (their RMSE is not that of a forecast)", ""]
+        md += [f"- `{r.run_dir}`: {r.degenerate_reasons}" for r in bad.itertuples()]
+        log(f"DEGENERATE: {len(bad)} run(s) have a degenerate model (see results.md):")
+        for r in bad.itertuples():
+            log(f"  {r.run_dir}: {r.degenerate_reasons}")
     files.append(io.write_text(out / "results.md", "\n".join(md) + "\n"))
     return GridResult(
         out=out,

@@ -78,8 +78,13 @@ def export_run(
     largest absolute difference (scaled target units) in ``RUN_DIR/export.json``.
     """
     from brevitas_apq import io
+    from brevitas_apq.errors import ConfigError
     from brevitas_apq.training import load_run
 
+    if not isinstance(n_windows, int) or n_windows < 1:
+        raise ConfigError(f"n_windows={n_windows!r} is invalid; allowed: an integer >= 1")
+    if not np.isfinite(tolerance) or tolerance < 0:
+        raise ConfigError(f"tolerance={tolerance!r} is invalid; allowed: a finite number >= 0")
     run_dir = Path(run_dir)
     _, model, data = load_run(run_dir)
     dataset = data.load()

@@ -33,6 +33,7 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +43,27 @@ DEFAULT_BOARD = "Pynq-Z1"
 DEFAULT_WINDOWS = 32
 DEFAULT_TOLERANCE = 1e-4
 
-__all__ = ["DEFAULT_BOARD", "build_model", "build_run", "load_inputs", "summary_table"]
+__all__ = ["DEFAULT_BOARD", "build_model", "build_run", "load_inputs", "run_onnx", "summary_table"]
 
 
-def _is_run_dir(path: Path) -> bool:
-    return path.is_dir() and (path / "model.pt").is_file()
+def run_onnx(run_dir: str | Path, log: Callable[[str], None] | None = None) -> Path:
+    """``RUN_DIR/model.onnx`` of a finished run (RunError otherwise), exported (and checked,
+    ``export.json``) first when it is missing or older than the run's ``model.pt``."""
+    from brevitas_apq.training import MODEL_FILE, check_finished
+
+    run_dir = Path(run_dir)
+    check_finished(run_dir)
+    model_path = run_dir / "model.onnx"
+    if (
+        not model_path.is_file()
+        or model_path.stat().st_mtime < (run_dir / MODEL_FILE).stat().st_mtime
+    ):
+        from brevitas_apq.export import export_run
+
+        if log is not None:
+            log(f"exporting {model_path} first")
+        export_run(run_dir)
+    return model_path
 
 
 def _run_reference(run_dir: Path, windows: int) -> dict[str, Any]:
@@ -272,7 +289,7 @@ def build_run(
 
     Args:
         run_dir: a finished ``apq train`` run; ``RUN_DIR/model.onnx`` is exported (and checked,
-            ``export.json``) first if missing.
+            ``export.json``) first if missing or older than ``model.pt`` (:func:`run_onnx`).
         board: board preset or FPGA part (default Pynq-Z1).
         out: output directory, default ``RUN_DIR/finn``.
         windows: test windows to emulate (default 32); ``0`` = estimate only, no emulation,
@@ -283,20 +300,8 @@ def build_run(
     ``estimated_throughput_fps`` and ``estimated_latency_ns`` are plain numbers.
     """
     run_dir = Path(run_dir)
-    if not _is_run_dir(run_dir):
-        from brevitas_apq.training import RunError
-
-        raise RunError(
-            f"{run_dir} is not a finished run directory (no model.pt): run `apq train --out "
-            f"{run_dir}` first, or pass an exported .onnx file"
-        )
-    model_path = run_dir / "model.onnx"
-    if not model_path.is_file():
-        from brevitas_apq.export import export_run
-
-        export_run(run_dir)
     return build_model(
-        model_path,
+        run_onnx(run_dir),
         out if out is not None else run_dir / "finn",
         board=board,
         run_dir=run_dir,
@@ -386,7 +391,8 @@ def summary_table(summary: dict[str, Any], title: str | None = None):
         est = node.get("analytical_estimate")
         if est:
             lines.append(
-                f"{node['node']}: FINN reports 0, analytical estimate {_fmt(est['LUT'])} LUT, "
+                f"{node['node']}: FINN reports 0; {est.get('model', 'attention (fitted)')}: "
+                f"{_fmt(est['LUT'])} LUT, "
                 f"{est['BRAM_18K']} BRAM_18K, {est['DSP']} DSP (included above)"
             )
     unest = [

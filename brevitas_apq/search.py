@@ -24,7 +24,9 @@ Sharing and resuming:
   reuses the finished run.
 
 Outputs in OUT: ``trials.csv`` (every finished trial of the study), ``pareto.csv`` (the Pareto
-front) and ``pareto.png``.
+front) and ``pareto.png``. A trial whose model is degenerate (constant or non-finite output, a
+collapsed quantiser; ``brevitas_apq.health``) keeps its objectives but says why in its
+``degenerate`` column (empty for a sound model) and in its log line.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ from typing import Any
 import pandas as pd
 
 from brevitas_apq import io
+from brevitas_apq.errors import APQError
+from brevitas_apq.health import degenerate_reasons
 from brevitas_apq.plans import ACTIVATIONS, LAYERS, UNSIGNED_ACTIVATIONS, BitPlan
 from brevitas_apq.training import CHECKPOINT, DataSpec, TrainConfig
 
@@ -59,19 +63,24 @@ HEARTBEAT_SECONDS = 60
 GRACE_SECONDS = 180
 
 
-class SearchError(ValueError):
+class SearchError(APQError):
     """A search option, storage or study that cannot be used as given."""
 
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """What a trial chooses: per-layer bits in ``[min_bits, max_bits]``, schemes from lists."""
+    """What a trial chooses: per-layer bits in ``[min_bits, max_bits]``, schemes from lists.
+
+    ``layers``: the layers whose bits are searched, by module name (a subset of the
+    Transformer's ``L1``..``L8``, e.g. ``("L1", "L8")``); the others stay at ``max_bits``.
+    """
 
     min_bits: int = 2
     max_bits: int = 8
     weight_schemes: tuple[str, ...] = SCHEMES
     act_schemes: tuple[str, ...] = SCHEMES
     threshold: float = 0.1
+    layers: tuple[str, ...] = LAYERS
 
     def __post_init__(self) -> None:
         if not (isinstance(self.min_bits, int) and isinstance(self.max_bits, int)) or not (
@@ -90,6 +99,15 @@ class SearchSpace:
                     raise SearchError(f"unknown scheme {value!r}; valid: {', '.join(SCHEMES)}")
         if not 0.0 <= self.threshold <= 1.0:
             raise SearchError(f"threshold={self.threshold!r} is out of range; allowed: [0, 1]")
+        layers = tuple(dict.fromkeys(self.layers))
+        unknown = [layer for layer in layers if layer not in LAYERS]
+        if not layers or unknown:
+            problem = f"unknown {', '.join(unknown)}" if unknown else "no layer"
+            raise SearchError(
+                f"layers={list(self.layers)!r}: {problem}; allowed: a non-empty list of "
+                f"{', '.join(LAYERS)}"
+            )
+        object.__setattr__(self, "layers", layers)
 
 
 def parse_schemes(text: str | None) -> tuple[str, ...]:
@@ -104,13 +122,16 @@ def parse_schemes(text: str | None) -> tuple[str, ...]:
     return items
 
 
-def plan_from_params(params: dict[str, Any], threshold: float, name: str = "search") -> BitPlan:
+def plan_from_params(
+    params: dict[str, Any], threshold: float, name: str = "search", fixed_bits: int = 8
+) -> BitPlan:
     """The plan of a trial's parameters (``bits_L1``..``bits_L8``, ``bits_act``,
-    ``weight_scheme``, ``act_scheme``)."""
+    ``weight_scheme``, ``act_scheme``); a layer without ``bits_<layer>`` (outside the search
+    space) gets ``fixed_bits``."""
     ws, acts = params["weight_scheme"], params["act_scheme"]
     layers = {}
     for layer in LAYERS:
-        b = params[f"bits_{layer}"]
+        b = params.get(f"bits_{layer}", fixed_bits)
         layers[layer] = {
             "weight": {"bits": b, "scheme": ws, "threshold": threshold},
             "bias": {"bits": b, "scheme": ws, "threshold": threshold},
@@ -130,7 +151,7 @@ def plan_from_params(params: dict[str, Any], threshold: float, name: str = "sear
 def suggest_params(trial, space: SearchSpace) -> dict[str, Any]:
     params = {
         f"bits_{layer}": trial.suggest_int(f"bits_{layer}", space.min_bits, space.max_bits)
-        for layer in LAYERS
+        for layer in space.layers
     }
     params["bits_act"] = trial.suggest_int("bits_act", space.min_bits, space.max_bits)
     params["weight_scheme"] = trial.suggest_categorical("weight_scheme", list(space.weight_schemes))
@@ -428,7 +449,10 @@ def search(
         "data": data.to_dict(),
         "model_options": model_options or {},
         "train": dataclasses.asdict(train),
-        "space": dataclasses.asdict(space),
+        # without layers when it is all of them: studies from before the field stay usable
+        "space": {
+            k: v for k, v in dataclasses.asdict(space).items() if k != "layers" or v != LAYERS
+        },
     }
     local_lock = out / ".study.lock" if url.startswith("sqlite") else None
     study = open_study(url, study_name, settings, _sampler(sampler, sampler_seed), local_lock)
@@ -437,13 +461,15 @@ def search(
 
     def objective(trial) -> tuple[float, float, float]:
         params = suggest_params(trial, space)
-        plan = plan_from_params(params, space.threshold, name=f"search-{trial.number}")
+        plan = plan_from_params(
+            params, space.threshold, name=f"search-{trial.number}", fixed_bits=space.max_bits
+        )
         key = _digest({"params": params, "settings": settings})
         run = out / "trials" / key
         with file_lock(out / "trials" / f".{key}.lock"):
             metrics_path = run / "metrics.json"
             if metrics_path.is_file():
-                metrics = json.loads(metrics_path.read_text())
+                metrics = io.read_json(metrics_path, fix=f"delete the folder {run}")
             else:
                 metrics = train_run(
                     run,
@@ -467,6 +493,8 @@ def search(
         trial.set_user_attr("zero_point_ops_source", "metrics" if zp is not None else "n_aq")
         trial.set_user_attr("float_rmse", metrics.get("float_rmse"))
         trial.set_user_attr("test_rmse", metrics.get("rmse"))  # reported, never selected on
+        degenerate = "; ".join(degenerate_reasons(metrics, "qat"))
+        trial.set_user_attr("degenerate", degenerate)
         values = (
             float(val_rmse),
             float(metrics["model_size_bits"]),
@@ -475,6 +503,7 @@ def search(
         log(
             f"trial {trial.number}: validation RMSE {values[0]:.3f} (test {metrics['rmse']:.3f}),"
             f" size {values[1]:,.0f} bits, zero-point ops {values[2]:,.0f} ({worker})"
+            + (f"; DEGENERATE: {degenerate}" if degenerate else "")
         )
         return values
 

@@ -28,7 +28,6 @@ resume), ``sensitivity.csv``, ``sensitivity.png``, ``plan.yaml`` and ``summary.j
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import multiprocessing
@@ -45,6 +44,7 @@ from tqdm.auto import tqdm
 from brevitas_apq import io
 from brevitas_apq.analysis import model_size_bits, operation_counts
 from brevitas_apq.data import WindowedDataset
+from brevitas_apq.errors import ConfigError
 from brevitas_apq.models import TimeSeriesTransformer
 from brevitas_apq.plans import LAYERS, BitPlan, LayerSpec
 from brevitas_apq.quant.validation import check_bit_width
@@ -81,17 +81,17 @@ class SensitivitySettings:
         object.__setattr__(self, "low", check_bit_width(self.low, "low"))
         object.__setattr__(self, "high", check_bit_width(self.high, "high"))
         if self.low >= self.high:
-            raise ValueError(f"low={self.low} must be below high={self.high}")
+            raise ConfigError(f"low={self.low} must be below high={self.high}")
         if not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ValueError(f"epochs={self.epochs!r} is invalid; allowed: an integer >= 1")
+            raise ConfigError(f"epochs={self.epochs!r} is invalid; allowed: an integer >= 1")
         if self.max_batches is not None and (
             not isinstance(self.max_batches, int) or self.max_batches < 1
         ):
-            raise ValueError(f"max_batches={self.max_batches!r} is invalid; allowed: >= 1")
+            raise ConfigError(f"max_batches={self.max_batches!r} is invalid; allowed: >= 1")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size={self.batch_size!r} is invalid; allowed: >= 1")
+            raise ConfigError(f"batch_size={self.batch_size!r} is invalid; allowed: >= 1")
         if not isinstance(self.lr, int | float) or not math.isfinite(self.lr) or self.lr <= 0:
-            raise ValueError(f"lr={self.lr!r} is invalid; allowed: a number > 0")
+            raise ConfigError(f"lr={self.lr!r} is invalid; allowed: a number > 0")
 
 
 # --- plans ----------------------------------------------------------------------------------
@@ -118,12 +118,27 @@ def mixed_plan(plan: BitPlan, low: int, high: int, keep: list[str] | tuple[str, 
     return dataclasses.replace(out, name=f"sensitivity-{low}-{high}:{kept}@{high}")
 
 
-def configurations(plan: BitPlan, low: int, high: int) -> dict[str, BitPlan]:
-    """The 2 + 2 * 8 configurations of a sensitivity study, by name."""
+def check_layers(layers: Any) -> tuple[str, ...]:
+    """The layers of a study (module names of the Transformer's ``L1``..``L8``), checked."""
+    names = tuple(dict.fromkeys(layers)) if not isinstance(layers, str) else (layers,)
+    unknown = [layer for layer in names if layer not in LAYERS]
+    if not names or unknown:
+        problem = f"unknown {', '.join(map(str, unknown))}" if unknown else "no layer"
+        raise ConfigError(
+            f"layers={list(names)!r}: {problem}; allowed: a non-empty list of {', '.join(LAYERS)}"
+        )
+    return names
+
+
+def configurations(
+    plan: BitPlan, low: int, high: int, layers: tuple[str, ...] = LAYERS
+) -> dict[str, BitPlan]:
+    """The 2 + 2 * len(layers) configurations of a sensitivity study, by name; ``layers`` (the
+    search space, module names; default all eight) are the layers studied one at a time."""
     high_plan = background_plan(plan, high)
     low_plan = background_plan(plan, low)
     configs = {BASE_HIGH: high_plan, BASE_LOW: low_plan}
-    for layer in LAYERS:
+    for layer in check_layers(layers):
         configs[f"{layer}-low"] = dataclasses.replace(
             high_plan.with_layer_bits(layer, low), name=f"all-{high}:{layer}@{low}"
         )
@@ -243,7 +258,8 @@ def _run_defaults(run_dir: Path) -> dict[str, Any]:
     ckpt = run_dir / CHECKPOINT
     if not ckpt.is_file():
         return {}
-    train = torch.load(ckpt, weights_only=True).get("run", {}).get("train", {})
+    state = io.torch_load(ckpt, fix=f"delete it or train the run again ({run_dir})")
+    train = state.get("run", {}).get("train", {}) if isinstance(state, dict) else {}
     defaults = TrainConfig()
     return {
         "batch_size": train.get("batch_size", defaults.batch_size),
@@ -262,11 +278,7 @@ def default_settings(run_dir: str | Path, **overrides: Any) -> SensitivitySettin
 
 def _fingerprint(run_dir: Path) -> str:
     """Hash of the run's model file: results of another run (or a retrained one) never mix."""
-    digest = hashlib.sha256()
-    with open(run_dir / MODEL_FILE, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
+    return io.file_sha256(run_dir / MODEL_FILE)[:16]
 
 
 def run_sensitivity(
@@ -278,8 +290,11 @@ def run_sensitivity(
     overwrite: bool = False,
     progress: bool = True,
     on_result: Any = None,
+    layers: tuple[str, ...] = LAYERS,
 ) -> dict[str, Any]:
     """Run (or resume) the sensitivity study of a finished run; write and return the results.
+
+    ``layers``: the layers studied (module names, a subset of ``L1``..``L8``; default all).
 
     Returns ``table`` (a DataFrame, one row per layer, ranked), ``baselines``, ``ranking``
     (most sensitive first), ``plan`` (the proposed :class:`BitPlan`), ``plan_path``,
@@ -289,22 +304,23 @@ def run_sensitivity(
     run_dir = Path(run_dir)
     _, quant_model, _ = load_run(run_dir)  # clear RunError for anything that is not a run
     settings = settings or default_settings(run_dir)
-    if not isinstance(keep, int) or not 1 <= keep <= len(LAYERS):
-        raise ValueError(f"keep={keep!r} is invalid; allowed: 1 to {len(LAYERS)}")
+    layers = check_layers(layers)
+    if not isinstance(keep, int) or not 1 <= keep <= len(layers):
+        raise ConfigError(f"keep={keep!r} is invalid; allowed: 1 to {len(layers)}")
     if not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"jobs={jobs!r} is invalid; allowed: an integer >= 1")
+        raise ConfigError(f"jobs={jobs!r} is invalid; allowed: an integer >= 1")
     plan = quant_model.plan
     out = run_dir / OUT_DIR
     config_dir = out / "configs"
     stamp = {**dataclasses.asdict(settings), "run": _fingerprint(run_dir)}
-    configs = configurations(plan, settings.low, settings.high)
+    configs = configurations(plan, settings.low, settings.high, layers)
 
     results: dict[str, dict] = {}
     todo = []
     for name, config_plan in configs.items():
         path = config_dir / f"{name}.json"
         if path.is_file() and not overwrite:
-            saved = json.loads(path.read_text())
+            saved = io.read_json(path, fix="delete it (the configuration is then computed again)")
             if saved.get("settings") != stamp or saved.get("plan_spec") != _jsonable(config_plan):
                 old = saved.get("settings") or {}
                 diff = {k: (old.get(k), v) for k, v in stamp.items() if old.get(k) != v}
@@ -352,7 +368,8 @@ def run_sensitivity(
     else:
         name = "keep-" + "+".join(kept)
         path = config_dir / f"{name}.json"
-        saved = json.loads(path.read_text()) if path.is_file() and not overwrite else {}
+        fix = "delete it (the configuration is then computed again)"
+        saved = io.read_json(path, fix=fix) if path.is_file() and not overwrite else {}
         if (
             saved.get("settings") == stamp
             and saved.get("plan_spec") == _jsonable(proposed)
@@ -418,7 +435,7 @@ def sensitivity_table(results: dict[str, dict]) -> pd.DataFrame:
     base_high = results[BASE_HIGH]["val_rmse"]
     base_low = results[BASE_LOW]["val_rmse"]
     rows = []
-    for layer in LAYERS:
+    for layer in (layer for layer in LAYERS if f"{layer}-low" in results):  # those studied
         low = results[f"{layer}-low"]
         high = results[f"{layer}-high"]
         rows.append(
@@ -455,7 +472,7 @@ def plot_sensitivity(
 
     from brevitas_apq import plots  # noqa: F401  (selects the Agg backend)
 
-    ordered = table.set_index("layer").loc[list(LAYERS)]
+    ordered = table.set_index("layer").loc[[x for x in LAYERS if x in set(table.layer)]]
     x = np.arange(len(ordered))
     fig, ax = plt.subplots(figsize=(8, 4))
     lo, hi = settings.low, settings.high
@@ -478,6 +495,7 @@ __all__ = [
     "BASE_LOW",
     "SensitivitySettings",
     "background_plan",
+    "check_layers",
     "configurations",
     "default_settings",
     "mixed_plan",

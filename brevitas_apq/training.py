@@ -4,7 +4,8 @@
 
     checkpoint.pt   resumable state, written atomically after every epoch
     model.pt        the final float and quantised weights with model config, plan and data spec
-    metrics.json    test metrics in target units, sizes, decisions and decision flips, timings
+    metrics.json    test metrics in target units, sizes, decisions and decision flips, timings,
+                    ``degenerate`` (brevitas_apq.health) and ``data_warnings``
     plan.yaml       the plan in explicit form
     history.csv     one row per epoch and phase
     symmetry.csv    S and the scheme per APQ quantiser and training step
@@ -26,10 +27,15 @@ the result is identical to a run that trained its own float model with the same 
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import hashlib
 import json
+import lzma
 import math
+import shutil
 import time
+import zipfile
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +49,15 @@ from tqdm.auto import tqdm
 
 from brevitas_apq import io, plots
 from brevitas_apq.analysis import float_size_bits, model_size_bits, operation_counts
-from brevitas_apq.data import PREDICT_MODES, WindowedDataset, load_dataset, prepare_dataset
+from brevitas_apq.data import (
+    PREDICT_MODES,
+    DataError,
+    WindowedDataset,
+    load_dataset,
+    prepare_dataset,
+)
+from brevitas_apq.errors import ConfigError, FileError, RunError
+from brevitas_apq.health import QuantizerWatch, output_problems
 from brevitas_apq.models import ModelConfig, TimeSeriesTransformer
 from brevitas_apq.plans import BitPlan
 from brevitas_apq.quant import (
@@ -57,10 +71,37 @@ CHECKPOINT = "checkpoint.pt"
 MODEL_FILE = "model.pt"
 PHASES = ("float", "qat")
 EVAL_BATCH = 2048
+METRICS_FILE = "metrics.json"
+#: What a run directory holds besides its checkpoint: the results of ``_finish`` (metrics.json,
+#: the finished marker, is written last and removed first) and what ``apq export``, ``apq
+#: analyze`` and ``apq reproduce --finn`` derive from them. ``--overwrite`` removes them before
+#: training starts, and so does resuming an unfinished checkpoint: a run directory never shows
+#: an earlier run's results beside a newer checkpoint.
+RUN_OUTPUTS = (
+    METRICS_FILE,
+    MODEL_FILE,
+    "plan.yaml",
+    "history.csv",
+    "symmetry.csv",
+    "learning_curves.png",
+    "forecast.png",
+    "symmetry.png",
+    "model.onnx",
+    "export.json",
+    "analysis.csv",
+    "finn_summary*.json",
+    "error.txt",
+)
+#: Folders of results derived from a run (``apq build``, ``apq sensitivity``), removed with
+#: RUN_OUTPUTS only when they hold one of these, so a folder of the user's is never touched.
+RUN_OUTPUT_DIRS = {
+    "finn": ("summary.json", "build_dataflow.log"),
+    "sensitivity": ("configs", "sensitivity.csv"),
+}
 
 
-class RunError(ValueError):
-    """A run directory or run option that cannot be used as given."""
+class DivergedError(RunError):
+    """Training produced a non-finite loss or validation RMSE; the run stops there."""
 
 
 @dataclass(frozen=True)
@@ -89,21 +130,21 @@ class TrainConfig:
         for name in ("float_epochs", "qat_epochs"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name}={value!r} is invalid; allowed: an integer >= 0")
+                raise ConfigError(f"{name}={value!r} is invalid; allowed: an integer >= 0")
         for name in ("batch_size", "patience", "threads"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} is invalid; allowed: an integer >= 1")
+                raise ConfigError(f"{name}={value!r} is invalid; allowed: an integer >= 1")
         for name in ("lr", "qat_lr"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{name}={value!r} is invalid; allowed: a number > 0")
+                raise ConfigError(f"{name}={value!r} is invalid; allowed: a number > 0")
         if self.max_batches is not None and (
             not isinstance(self.max_batches, int) or self.max_batches < 1
         ):
-            raise ValueError(f"max_batches={self.max_batches!r} is invalid; allowed: >= 1")
+            raise ConfigError(f"max_batches={self.max_batches!r} is invalid; allowed: >= 1")
         if self.float_epochs == 0 and not self.qat_from_scratch:
-            raise ValueError(
+            raise ConfigError(
                 "float_epochs=0 leaves no float weights to start QAT from; "
                 "set float_epochs >= 1 or qat_from_scratch=True"
             )
@@ -134,7 +175,18 @@ class DataSpec:
             )
 
     def load(self) -> WindowedDataset:
-        series = load_dataset(self.dataset, **dict(self.options))
+        """Load, window and split the data; a file that cannot be read (a truncated or corrupt
+        compressed CSV, no permission) is a DataError naming it."""
+        try:
+            series = load_dataset(self.dataset, **dict(self.options))
+        except (EOFError, zlib.error, lzma.LZMAError, zipfile.BadZipFile, OSError) as err:
+            if isinstance(err, OSError) and not isinstance(err, gzip.BadGzipFile):
+                reason = err.strerror or str(err)
+                fix = "check the path and its permissions"
+            else:
+                reason = f"truncated or corrupt compressed file: {type(err).__name__}: {err}"
+                fix = "check it (e.g. gzip -t FILE) and download or compress it again"
+            raise DataError(f"{self.dataset}: cannot read the data ({reason}); {fix}") from None
         return prepare_dataset(
             series, window=self.window, horizon=self.horizon, split=self.split, predict=self.predict
         )
@@ -179,15 +231,20 @@ def predict(model: nn.Module, X: np.ndarray) -> np.ndarray:
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
 
 
-def evaluate(model: nn.Module, data: WindowedDataset, split: str) -> dict[str, float]:
-    """RMSE and MAE in target units and RMSE on the min-max scaled target, for ``split``."""
+def evaluate(model: nn.Module, data: WindowedDataset, split: str) -> dict[str, Any]:
+    """RMSE and MAE in target units and RMSE on the min-max scaled target, for ``split``, and
+    ``degenerate``: why the model is degenerate on these windows (constant or non-finite
+    output, a collapsed quantiser; ``brevitas_apq.health``), empty when it is not."""
     X, y, _ = data.arrays(split)
-    pred = data.forecast(predict(model, X), X)
+    with QuantizerWatch(model) as watch:
+        output = predict(model, X)
+    pred = data.forecast(output, X)
     truth, forecast = data.inverse_target(y), data.inverse_target(pred)
     return {
         "rmse": _rmse(forecast, truth),
         "mae": float(np.mean(np.abs(forecast - truth))),
         "rmse_normalised": _rmse(pred, y),
+        "degenerate": output_problems(output, forecast) + watch.problems(),
     }
 
 
@@ -215,9 +272,14 @@ def train_epoch(
     postfix shows the running loss); returns the mean training loss."""
     model.train()
     total, count = 0.0, 0
-    for idx in batches:
+    for number, idx in enumerate(batches, 1):
         optimizer.zero_grad()
         loss = nn.functional.mse_loss(model(X[idx]), y[idx])
+        if not math.isfinite(loss.item()):
+            raise DivergedError(
+                f"training diverged: the loss is {loss.item()} at mini-batch {number}; lower "
+                "the learning rate (--lr / --qat-lr) or check the data for extreme values"
+            )
         loss.backward()
         optimizer.step()
         total += loss.item() * len(idx)
@@ -347,14 +409,16 @@ def load_float_state(
     if isinstance(source, Mapping):
         return {k: v.detach().clone() for k, v in source.items()}
     path = Path(source)
-    if path.is_dir():
+    if path.is_dir() and (path / METRICS_FILE).exists():
+        _, saved = _finished_run(path)
         path = path / MODEL_FILE
-    if not path.is_file():
+    elif path.is_file():
+        saved = io.torch_load(path, fix="pass another float_init (a finished run directory)")
+    else:
         raise RunError(
             f"float_init {str(source)!r}: no such file or finished run directory "
-            f"(expected {MODEL_FILE}; train it with `train_float` first)"
+            f"(expected {MODEL_FILE} and {METRICS_FILE}; train it with `train_float` first)"
         )
-    saved = torch.load(path, weights_only=True)
     if isinstance(saved, Mapping) and "float_state_dict" in saved:
         if data is not None and "data" in saved:
             theirs, ours = DataSpec.from_dict(saved["data"]).to_dict(), data.to_dict()
@@ -396,11 +460,22 @@ def _train_run(
     float_init: str | Path | Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     ckpt_path = out / CHECKPOINT
+    if resume and overwrite:
+        raise RunError("--resume and --overwrite exclude each other: give one of them")
     if ckpt_path.exists() and not (resume or overwrite):
         raise RunError(
             f"{out} already holds a run ({CHECKPOINT}); pass --resume to continue it or "
             "--overwrite to start again"
         )
+    finished = [name for name in (METRICS_FILE, MODEL_FILE) if (out / name).exists()]
+    if finished and not ckpt_path.exists() and not overwrite:
+        raise RunError(
+            f"{out} holds the results of a run ({', '.join(finished)}) but no {CHECKPOINT} to "
+            "continue from; pass --overwrite to start again (they are removed first) or use "
+            "another --out"
+        )
+    if out.exists() and not out.is_dir():
+        raise FileError(f"--out {out} is a file, not a run directory; choose another --out")
     dataset = data.load()
     model_config = ModelConfig(
         n_features=dataset.n_features, window=data.window, **(model_options or {})
@@ -423,16 +498,23 @@ def _train_run(
         "train_seconds": 0.0,
     }
     if ckpt_path.exists() and resume:
-        state = torch.load(ckpt_path, weights_only=True)
+        state = _load_checkpoint(ckpt_path)
         if json.dumps(state["run"], sort_keys=True) != json.dumps(run, sort_keys=True):
             raise RunError(
                 f"{out} holds a run with other settings; resume it with the same options, or "
                 "use another --out (or --overwrite)"
             )
-    out.mkdir(parents=True, exist_ok=True)
+    _take_run_dir(out, overwrite=overwrite, finished=_phases_done(state))
     float_model, quant_model = build_models(model_config, plan, train.seed)
     if float_state is not None and not state["phases"]["float"]["done"]:
-        float_model.load_state_dict(float_state)  # checks the shapes against this model
+        try:
+            float_model.load_state_dict(float_state)  # checks the shapes against this model
+        except RuntimeError as err:
+            raise RunError(
+                f"float_init {float_init if isinstance(float_init, str | Path) else 'weights'} "
+                f"do not fit this model ({str(err).splitlines()[0]}); train the float model "
+                "with the same model options"
+            ) from None
         state["phases"]["float"].update(done=True, best=float_state)
     X_train = torch.from_numpy(dataset.X_train)
     y_train = torch.from_numpy(dataset.model_target("train"))
@@ -473,11 +555,20 @@ def _train_run(
                 leave=True,
                 dynamic_ncols=True,
             )
-            train_loss = train_epoch(model, optimizer, X_train, y_train, bar)
+            try:
+                train_loss = train_epoch(model, optimizer, X_train, y_train, bar)
+            except DivergedError as err:
+                raise DivergedError(f"{phase} epoch {epoch + 1}: {err}") from None
             scheduler.step()
             val = evaluate(model, dataset, "val")
             bar.set_postfix(loss=f"{train_loss:.5f}", val_rmse=f"{val['rmse']:.3f}")
             bar.close()
+            if not math.isfinite(val["rmse"]):
+                raise DivergedError(
+                    f"training diverged: validation RMSE is {val['rmse']} after {phase} epoch "
+                    f"{epoch + 1} ({'; '.join(val['degenerate'])}); lower the learning rate "
+                    "(--lr / --qat-lr) or check the data"
+                )
             seconds = time.perf_counter() - start
             state["train_seconds"] += seconds
             improved = ps["best_val"] is None or val["rmse"] < ps["best_val"]
@@ -549,6 +640,11 @@ def _finish(
     # validation figures: what anything that chooses (search, sensitivity) may look at
     quant_val = evaluate(quant_model, dataset, "val")
     flt_val = evaluate(float_model, dataset, "val")
+    # Why a model is degenerate, per model and split; empty when both are sound.
+    evaluations = {"qat/val": quant_val, "qat/test": quant, "float/val": flt_val}
+    evaluations["float/test"] = flt
+    degenerate = {k: e.pop("degenerate") for k, e in evaluations.items()}
+    degenerate = {k: reasons for k, reasons in degenerate.items() if reasons}
     _, y_test, t_test = dataset.arrays("test")
     truth = dataset.inverse_target(y_test)
     persistence = _rmse(dataset.inverse_target(dataset.persistence("test")), truth)
@@ -590,6 +686,8 @@ def _finish(
         "train_seconds": state["train_seconds"],
         "seed": train.seed,
         "model": model_config.to_dict(),
+        "degenerate": degenerate,
+        "data_warnings": list(dataset.data_warnings),
     }
     io.torch_save(
         out / MODEL_FILE,
@@ -630,17 +728,144 @@ def _finish(
 
 
 def load_run(run_dir: str | Path) -> tuple[TimeSeriesTransformer, TimeSeriesTransformer, DataSpec]:
-    """The trained float and quantised models of a finished run, and its data spec."""
+    """The trained float and quantised models of a finished run, and its data spec.
+
+    RunError if ``run_dir`` is not a finished run (``check_finished``); FileError if one of its
+    files is truncated, corrupt or from an incompatible version.
+    """
+    _, saved = _finished_run(run_dir)
     path = Path(run_dir) / MODEL_FILE
-    if not path.is_file():
+    try:
+        config = ModelConfig(**saved["model"])
+        plan = BitPlan.from_dict(saved["plan"])
+        float_model, quant_model = build_models(config, plan, 0)
+        float_model.load_state_dict(saved["float_state_dict"])
+        quant_model.load_state_dict(saved["state_dict"])
+        data = DataSpec.from_dict(saved["data"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise FileError(
+            f"{path} does not fit this version of brevitas-apq ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else err!r}); train the run again with "
+            f"`apq train --out {run_dir} --overwrite`"
+        ) from None
+    return float_model.eval(), quant_model.eval(), data
+
+
+# --- run directories: taking one over, checking that one is finished -------------------------
+
+
+def _phases_done(state: Mapping[str, Any]) -> bool:
+    return all(state["phases"][phase]["done"] for phase in PHASES)
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    """A run's checkpoint; FileError if it is truncated, corrupt or not an `apq train` one."""
+    fix = (
+        f"the run cannot continue from it: start it again with `apq train --out {path.parent} "
+        "--overwrite`"
+    )
+    state = io.torch_load(path, fix=fix)
+    run, phases = (state.get("run"), state.get("phases")) if isinstance(state, dict) else (0, 0)
+    if (
+        not isinstance(run, dict)
+        or not isinstance(phases, dict)
+        or not all(isinstance(phases.get(p), dict) and "done" in phases[p] for p in PHASES)
+    ):
+        raise FileError(f"{path} is not a checkpoint written by `apq train`; {fix}")
+    return state
+
+
+def _clear_outputs(out: Path) -> None:
+    """Remove ``out``'s results (RUN_OUTPUTS, RUN_OUTPUT_DIRS), the finished marker first."""
+    for pattern in RUN_OUTPUTS:
+        for path in sorted(out.glob(pattern)):
+            path.unlink(missing_ok=True)
+    for name, markers in RUN_OUTPUT_DIRS.items():
+        folder = out / name
+        ours = any((folder / marker).exists() for marker in markers)
+        if ours and folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder)
+
+
+def _take_run_dir(out: Path, *, overwrite: bool, finished: bool) -> None:
+    """Make ``out`` ready for training (the checks of ``_train_run`` passed). If it holds a
+    run: with ``overwrite`` remove it (results and checkpoint); when the training to come is
+    not finished (``finished`` False), remove results that would otherwise stand beside it.
+    Always remove the temporary files of writes a killed process left. A folder without a
+    run keeps everything (it may be the user's)."""
+    io.make_dir(out)
+    holds_run = any((out / name).exists() for name in (CHECKPOINT, METRICS_FILE, MODEL_FILE))
+    if holds_run and (overwrite or not finished):
+        _clear_outputs(out)
+    if overwrite:
+        (out / CHECKPOINT).unlink(missing_ok=True)
+    io.remove_stale_temps(out)
+
+
+def _finished_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(metrics, model.pt content)`` of the finished run in ``run_dir``, else RunError /
+    FileError. Finished: ``metrics.json`` (written last) and ``model.pt`` are there, a kept
+    checkpoint is finished and was trained with the settings of ``model.pt``, and
+    ``metrics.json`` describes that model."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        what = "is a file" if run_dir.exists() else "does not exist"
         raise RunError(
-            f"{run_dir} has no {MODEL_FILE}: not a finished run directory "
-            "(run `apq train --out DIR` first, or `--resume` an interrupted one)"
+            f"not a finished run directory: {run_dir} {what}; pass the --out of a finished "
+            "`apq train`"
         )
-    saved = torch.load(path, weights_only=True)
-    config = ModelConfig(**saved["model"])
-    plan = BitPlan.from_dict(saved["plan"])
-    float_model, quant_model = build_models(config, plan, 0)
-    float_model.load_state_dict(saved["float_state_dict"])
-    quant_model.load_state_dict(saved["state_dict"])
-    return float_model.eval(), quant_model.eval(), DataSpec.from_dict(saved["data"])
+    redo = (
+        f"finish the run again with `apq train --out {run_dir} --resume` and the options it "
+        "was trained with, or start again with --overwrite"
+    )
+    ckpt_path = run_dir / CHECKPOINT
+    state = _load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
+    if state is not None and not _phases_done(state):
+        epochs = len(state.get("history") or [])
+        raise RunError(
+            f"{run_dir} holds an unfinished run ({CHECKPOINT} after {epochs} epoch(s)); "
+            f"continue it with `apq train --out {run_dir} --resume` and the options it was "
+            "started with, or start again with --overwrite"
+        )
+    for name in (METRICS_FILE, MODEL_FILE):
+        if not (run_dir / name).is_file():
+            raise RunError(
+                f"not a finished run directory: {run_dir} has no {name} (run `apq train --out "
+                "DIR` first, or `--resume` an interrupted one)"
+            )
+    metrics = io.read_json(run_dir / METRICS_FILE, fix=redo)
+    saved = io.torch_load(run_dir / MODEL_FILE, fix=redo)
+    keys = ("model", "plan", "data", "state_dict", "float_state_dict")
+    if not isinstance(metrics, dict):
+        raise FileError(f"{run_dir / METRICS_FILE} holds no metrics table; {redo}")
+    if not isinstance(saved, dict) or any(key not in saved for key in keys):
+        raise FileError(f"{run_dir / MODEL_FILE} is not a model written by `apq train`; {redo}")
+    mixed = [
+        f"{CHECKPOINT} {key}"
+        for key in ("data", "model", "plan")
+        if state is not None
+        and json.dumps(state["run"].get(key), sort_keys=True)
+        != json.dumps(saved[key], sort_keys=True)
+    ]
+    if "model" in metrics and metrics["model"] != saved["model"]:
+        mixed.append(f"{METRICS_FILE} model")
+    if metrics.get("dataset", saved["data"]["dataset"]) != saved["data"]["dataset"]:
+        mixed.append(f"{METRICS_FILE} dataset")
+    if mixed:
+        raise RunError(
+            f"{run_dir} mixes files of different runs ({', '.join(mixed)} differ from "
+            f"{MODEL_FILE}): train it again with `apq train --out {run_dir} --overwrite`"
+        )
+    return metrics, saved
+
+
+def check_finished(run_dir: str | Path) -> dict[str, Any]:
+    """The metrics of the finished run in ``run_dir``; RunError if it is not one (missing
+    ``metrics.json`` or ``model.pt``, an unfinished checkpoint, files of different runs),
+    FileError if one of its files is truncated or corrupt.
+
+    Example::
+
+        metrics = check_finished("runs/train")  # what `apq show` prints
+    """
+    return _finished_run(run_dir)[0]

@@ -34,6 +34,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -114,11 +116,38 @@ def flow_steps(full: bool | None = None) -> list[str]:
 
 
 # ------------------------------------------------------------------------------- summary
-def _read_json(path: Path) -> Any:
+#: What ``_summarise`` reads (under ``out_dir``); removed before a build starts, so a report
+#: the build did not write is missing rather than left over from an earlier build.
+_BUILD_OUTPUTS = (
+    "summary.json",
+    "report/estimate_layer_resources.json",
+    "report/estimate_network_performance.json",
+    "report/estimate_attention_analytical.json",
+    "report/estimate_glue_analytical.json",
+    "report/hw_datapath.json",
+    "report/nodes_outside_partition.json",
+    "report/post_synth_resources.json",
+    "intermediate_models/dataflow_parent.onnx",
+)
+
+
+def _read_json(path: Path, required: bool = True) -> Any:
+    """A FINN report; FinnFlowError if it is unreadable, or missing while ``required`` (a
+    missing optional report is None: unknown, never 0)."""
+    if not path.is_file() and not required:
+        return None
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    except FileNotFoundError:
+        raise FinnFlowError(
+            f"the build wrote no {path.name} (expected at {path}): its figures are unknown; "
+            f"see {path.parent.parent / 'build_dataflow.log'} and build again"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise FinnFlowError(
+            f"{path} cannot be read ({type(exc).__name__}: {exc}); delete {path.parent.parent} "
+            "and build again"
+        ) from None
 
 
 def _outside_partition(out_dir: Path) -> list[dict]:
@@ -129,7 +158,7 @@ def _outside_partition(out_dir: Path) -> list[dict]:
 
     parent = out_dir / "intermediate_models" / "dataflow_parent.onnx"
     if not parent.is_file():  # estimate-only build without intermediate models
-        return _read_json(out_dir / "report" / "nodes_outside_partition.json") or []
+        return _read_json(out_dir / "report" / "nodes_outside_partition.json")
     model = ModelWrapper(str(parent))
     return [
         {"op": n.op_type, "name": n.name, "role": _role(model, n)}
@@ -142,13 +171,15 @@ def _outside_partition(out_dir: Path) -> list[dict]:
 _NOT_ESTIMATED = {
     "ScaledDotProductAttention": "finn-plus has no resource model for attention (reports 0); "
     "see analytical_estimate",
-    "LayerNorm": "finn-plus has no resource model for LayerNorm (reports 0); it is a float "
-    "(single-precision) datapath: mean, variance, reciprocal square root per token, likely "
-    "thousands of LUTs and tens of DSPs (not included in the totals)",
-    "ElementwiseAdd": "no resource model (reports 0); an integer adder per lane, small",
+    "LayerNorm_hls": "finn-plus has no resource model for LayerNorm (reports 0); a float "
+    "(single-precision) datapath: see analytical_estimate (operator costs, unvalidated)",
+    "LayerNorm": "finn-plus has no resource model for LayerNorm (reports 0); a float "
+    "(single-precision) datapath: mean, variance, reciprocal square root per token",
+    "ElementwiseAdd_hls": "no FINN resource model (reports 0); see analytical_estimate",
+    "ElementwiseSub_hls": "no FINN resource model (reports 0); see analytical_estimate",
     "ElementwiseMul": "no resource model (reports 0); a multiplier per lane",
-    "ReplicateStream": "no resource model (reports 0); stream fan-out, a few LUTs",
-    "Reshape": "no resource model (reports 0); stream relabelling, no logic",
+    "ReplicateStream_hls": "no FINN resource model (reports 0); see analytical_estimate",
+    "Reshape_rtl": "no FINN resource model (reports 0); a wire-through, see analytical_estimate",
     "GlobalAccPool": "no resource model (reports 0); one accumulator per channel, small",
 }
 
@@ -162,9 +193,12 @@ def _not_estimated_reason(name: str) -> str:
 
 def _summarise(out_dir: Path, target: Board, record: dict, cfg, t0: float, full: bool) -> dict:
     report = out_dir / "report"
-    res = _read_json(report / "estimate_layer_resources.json") or {}
-    perf = _read_json(report / "estimate_network_performance.json") or {}
-    attn = _read_json(report / "estimate_attention_analytical.json") or {}
+    res = _read_json(report / "estimate_layer_resources.json")
+    perf = _read_json(report / "estimate_network_performance.json")
+    # written only for a model with such nodes (steps.step_attention_resource_estimate):
+    # attention (attention_estimate) and adds, forks, LayerNorm, reshapes (glue_estimate)
+    attn = _read_json(report / "estimate_attention_analytical.json", required=False) or {}
+    attn.update(_read_json(report / "estimate_glue_analytical.json", required=False) or {})
     total = res.get("total", {})
     finn_total = {k: float(total.get(k, 0)) for k in RESOURCE_KEYS if k != "FF"}
     not_estimated = []
@@ -182,10 +216,16 @@ def _summarise(out_dir: Path, target: Board, record: dict, cfg, t0: float, full:
                     "analytical_estimate": attn.get(name),
                 }
             )
+    # an analytical estimate replaces FINN's row for its node (0 for the nodes modelled today)
     with_attn = dict(finn_total)
-    for est in attn.values():
+    for name, est in attn.items():
+        finn_row = res.get(name) if isinstance(res.get(name), dict) else {}
         for k in with_attn:
-            with_attn[k] += float(est.get(k, 0))
+            with_attn[k] += float(est.get(k, 0)) - float(finn_row.get(k, 0))
+    by_model: dict[str, list[str]] = {}  # which nodes got which analytical model
+    for name, est in attn.items():
+        label = est.get("model") or "attention (fitted, FINN-T synthesis)"
+        by_model.setdefault(str(label), []).append(name)
     caps = target.capacities()
     util = {k: (round(with_attn[k] / caps[k], 4) if caps.get(k) else None) for k in with_attn}
     emu = record.get("emulation")
@@ -205,8 +245,12 @@ def _summarise(out_dir: Path, target: Board, record: dict, cfg, t0: float, full:
             "finn": {k: finn_total[k] for k in finn_total},
             "analytical": {k: round(with_attn[k] - finn_total[k], 3) for k in finn_total},
             "analytical_method": sorted({str(e.get("method", "")) for e in attn.values()}),
-            "synthesis": _read_json(report / "post_synth_resources.json") if full else None,
-            "not_estimated": "LayerNorm, element-wise adds, stream forks and reshapes count 0",
+            "synthesis": (
+                _read_json(report / "post_synth_resources.json", required=False) if full else None
+            ),
+            "analytical_models": {m: sorted(nodes) for m, nodes in sorted(by_model.items())},
+            # nodes FINN reports as 0 that no analytical model covers: they count 0
+            "not_estimated": [n["node"] for n in not_estimated if not n["analytical_estimate"]],
         },
         "LUT": with_attn["LUT"],
         "BRAM_18K": with_attn["BRAM_18K"],
@@ -219,7 +263,7 @@ def _summarise(out_dir: Path, target: Board, record: dict, cfg, t0: float, full:
         "critical_path_cycles": perf.get("critical_path_cycles"),
         "nodes_outside_dataflow_partition": _outside_partition(out_dir),
         "nodes_not_estimated_by_finn": not_estimated,
-        "float_datapath_nodes": _read_json(report / "hw_datapath.json") or [],
+        "float_datapath_nodes": _read_json(report / "hw_datapath.json"),
         "warnings": record.get("warnings", []),
         "emulation": emu.as_dict() if emu is not None else None,
         "flow_time_s": round(time.time() - t0, 2),
@@ -267,8 +311,39 @@ def write_summary(out_dir: Path, summary: dict) -> None:
     """Write ``out_dir/summary.json`` atomically (a temporary file, then a rename)."""
     path = Path(out_dir) / "summary.json"
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(summary, indent=2, default=str))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(summary, indent=2, default=str))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _noting_interrupts(record: dict):
+    """Note a Ctrl-C (SIGINT) in ``record["interrupted"]`` while FINN's builder runs: it
+    catches KeyboardInterrupt and returns -1, and :func:`build` raises it again. The signal
+    still interrupts as before (the previous handler runs); in a thread other than the main
+    one, where signal handlers cannot be set, the steps' own record of it is used."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous == signal.SIG_IGN:
+        yield
+        return
+
+    def handler(signum, frame):
+        try:
+            if callable(previous):
+                previous(signum, frame)  # Python's default raises KeyboardInterrupt
+            else:
+                raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            record["interrupted"] = True
+            raise
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # --------------------------------------------------------------------------------- build
@@ -346,7 +421,15 @@ def build(
     model_path = Path(model_path).absolute()
     load_qonnx_model(model_path)
     out_dir = Path(out_dir).absolute()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise FinnFlowError(
+            f"cannot create the output folder {out_dir}: a file is in the way; choose another "
+            "output folder (--out)"
+        ) from None
+    for name in _BUILD_OUTPUTS:
+        (out_dir / name).unlink(missing_ok=True)
     if full is None:
         full = vivado_available()
     if full and not vivado_available():
@@ -435,16 +518,22 @@ def build(
                     null = stack.enter_context(open(os.devnull, "w"))
                     stack.enter_context(contextlib.redirect_stdout(null))
                     stack.enter_context(contextlib.redirect_stderr(null))
+                stack.enter_context(_noting_interrupts(record))
                 exit_code = build_dataflow_cfg(str(model_path), cfg)
         except FinnFlowError:
             raise
-        except BaseException as exc:  # re-raised by FINN under pytest
+        except Exception as exc:  # re-raised by FINN under pytest
             record.setdefault("error", ("build_dataflow_cfg", exc))
             exit_code = -1
         if exit_code != 0:
             step, exc = record.get("error", ("unknown", None))
             if isinstance(exc, FinnFlowError):
                 raise exc
+            # FINN's builder turns Ctrl-C into exit code -1: it stays a Ctrl-C
+            if isinstance(exc, BaseException) and not isinstance(exc, Exception):
+                raise exc  # in a step (steps.guard_step recorded it)
+            if record.get("interrupted"):
+                raise KeyboardInterrupt  # between steps (_noting_interrupts)
             raise FinnFlowError(
                 f"FINN build failed in {step}: {type(exc).__name__}: {exc} "
                 f"(log: {out_dir / 'build_dataflow.log'})"

@@ -105,6 +105,10 @@ def _transpose_param(model, name) -> None:
         model.set_initializer(name, p.reshape(1, 1, -1))
 
 
+def _count_convs(model: ModelWrapper) -> int:
+    return sum(n.op_type == "Conv" for n in model.graph.node)
+
+
 class LowerConv1dToChannelsLastMatMul(Transformation):
     """Replace each 3D ``Conv`` (batch 1, group 1, constant weight) by the lowering above."""
 
@@ -359,8 +363,8 @@ class Conv1dToChannelsLast(Transformation):
 
     def apply(self, model: ModelWrapper):
         lowered = model.transform(LowerConv1dToChannelsLastMatMul())
-        if not any(_ours(n) for n in lowered.graph.node):
+        if _count_convs(lowered) == _count_convs(model):  # nothing lowered: left alone
             return model, False
         model = lowered.transform(MoveConv1dTransposes())
         # qonnx's Im2Col execution reads its input's datatype annotation
-        return model.transform(InferDataTypes()), False
+        return model.transform(InferDataTypes()), True

@@ -250,7 +250,9 @@ class QuantFloatInputToExactThresholds(Transformation):
             out_bias=float(lo - z0),
         )
         if channels > 1 or len(in_shape) in (3, 4):
-            layout = {2: "NC", 3: "NWC", 4: "NHWC"}.get(len(in_shape))
+            # per tensor, a 4D input is an NCHW image (FINN lowers NCHW convs and wraps NCHW
+            # thresholds in transposes); per channel means the last axis
+            layout = {2: "NC", 3: "NWC", 4: "NHWC" if channels > 1 else "NCHW"}.get(len(in_shape))
             if layout is not None:
                 mt.attribute.append(helper.make_attribute("data_layout", layout))
         scale_name = f"{base}_exact_scale"

@@ -245,19 +245,17 @@ def _fold(model, target_fps: float | None, cfg):
 
 
 def estimate_resources(model, fpga_part: str) -> dict:
-    """FINN's per-node resource estimates plus the analytical ones where FINN reports 0."""
+    """FINN's per-node resource estimates, with the analytical ones (attention:
+    :mod:`finn_flow.attention_estimate`; adds, forks, LayerNorm, reshapes:
+    :mod:`finn_flow.glue_estimate`) in place of FINN's row for the nodes FINN reports as 0."""
     from finn.analysis.fpgadataflow.res_estimation import res_estimation
 
     from finn_flow.attention_estimate import attention_nodes_estimate
+    from finn_flow.glue_estimate import glue_nodes_estimate
 
-    totals = dict.fromkeys(BUDGET_KEYS, 0.0)
-    for row in res_estimation(model, fpga_part).values():
-        for k in BUDGET_KEYS:
-            totals[k] += float(row.get(k, 0))
-    for row in attention_nodes_estimate(model).values():
-        for k in BUDGET_KEYS:
-            totals[k] += float(row.get(k, 0))
-    return totals
+    analytical = {**attention_nodes_estimate(model), **glue_nodes_estimate(model)}
+    rows = {**res_estimation(model, fpga_part), **analytical}
+    return {k: float(sum(float(r.get(k, 0)) for r in rows.values())) for k in BUDGET_KEYS}
 
 
 def evaluate(

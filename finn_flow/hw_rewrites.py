@@ -112,7 +112,7 @@ class ReduceMeanToScaledSum(Transformation):
         if changed:
             model = model.transform(InferShapes())
             model = model.transform(InferDataTypes())
-        return model, False
+        return model, changed
 
 
 class MoveScalarMulPastReduce(Transformation):
@@ -380,14 +380,12 @@ class AnnotateIntegerAddConstants(Transformation):
             if val.size == 0 or not np.all(val == np.round(val)):
                 continue
             lo, hi = float(val.min()), float(val.max())
-            dt = DataType.get_smallest_possible(lo if lo < 0 and -lo > hi else hi)
-            if lo < 0 and not dt.signed():
-                dt = DataType.get_smallest_possible(-max(abs(lo), hi + 1))
+            dt = smallest_int_datatype(int(lo), int(hi))
             model.set_tensor_datatype(consts[0], dt)
             changed = True
         if changed:
             model = model.transform(InferDataTypes())
-        return model, False
+        return model, changed
 
 
 class SqueezeToReshape(Transformation):
@@ -419,4 +417,4 @@ class SqueezeToReshape(Transformation):
         if changed:
             model = model.transform(InferShapes())
             model = model.transform(InferDataTypes())
-        return model, False
+        return model, changed

@@ -47,8 +47,10 @@ _UNMAPPED_HINTS = {
     "LayerNormalization": "layer norm with affine terms (use elementwise_affine=False)",
     "BatchNormalization": "batch norm not folded (export the model in eval mode)",
     "Relu": "the quantiser after ReLU must be unsigned and not narrow",
-    "Conv": "only 1D convolutions (QuantConv1d) with groups=1 and constant weights are "
-    "lowered (finn_flow.conv1d); 2D/grouped convolutions are not supported by this flow",
+    "Conv": "a convolution that was not lowered to Im2Col + MatMul (finn_flow.conv1d for 1D, "
+    "qonnx's LowerConvsToMatMul for 2D): batch 1, constant weights, groups=1 or depthwise",
+    "MaxPool": "max pooling whose input is not an integer tensor (quantise the tensor before "
+    "the pool) or whose kernel is smaller than its stride",
     "Im2Col": "the sliding window's input is not an integer tensor: quantise the conv input",
     "Quant": "a quantiser FINN cannot convert (e.g. > 8 bit activation, or non-zero zero "
     "point not lowered)",
@@ -60,25 +62,53 @@ def _is_hw(node) -> bool:
 
 
 # --------------------------------------------------------------------------- frontend steps
-def step_conv1d_to_channels_last(model: ModelWrapper, cfg) -> ModelWrapper:
-    """1D convolutions as channels-last ``Im2Col + MatMul`` (:mod:`finn_flow.conv1d`).
+def step_prepare_convs(model: ModelWrapper, cfg) -> ModelWrapper:
+    """Convolutions, on the QONNX model (before the zero-point lowering and FINN's import).
 
-    Runs on the QONNX model, before the zero-point lowering and FINN's import; a no-op for
-    models without a 3D ``Conv`` (MLPs, Transformers).
+    1D convolutions become channels-last ``Im2Col + MatMul`` (:mod:`finn_flow.conv1d`); 2D
+    ones get bias parameters FINN's import can extract (:mod:`finn_flow.conv2d`) and are
+    lowered after the import (:func:`step_lower_conv2d`). Any convolution FINN cannot map is
+    a FinnFlowError naming the node and what to change. A no-op for models without ``Conv``
+    (MLPs, Transformers).
     """
     from qonnx.transformation.infer_shapes import InferShapes
 
     from finn_flow.conv1d import Conv1dToChannelsLast
+    from finn_flow.conv2d import BiasQuantParamsAsVectors, conv_problems
 
     model = model.transform(InferShapes()).transform(Conv1dToChannelsLast())
-    left = [n for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose")]
+    problems = conv_problems(model)
+    if problems:
+        raise FinnFlowError(
+            f"FINN cannot map {len(problems)} convolution(s): " + "; ".join(problems) + "."
+        )
+    return model.transform(BiasQuantParamsAsVectors())
+
+
+def step_lower_conv2d(model: ModelWrapper, cfg) -> ModelWrapper:
+    """2D convolutions as ``Transpose -> Im2Col -> MatMul -> Transpose`` (qonnx's
+    ``LowerConvsToMatMul``), on the imported model before streamlining.
+
+    FINN's CNV and MobileNet flows lower the same way; streamlining then moves the transposes
+    until they cancel and the conversion maps the sliding windows (:mod:`finn_flow.conv2d`).
+    A no-op for models without ``Conv``.
+    """
+    from qonnx.transformation.general import GiveUniqueNodeNames
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+    from qonnx.transformation.infer_shapes import InferShapes
+    from qonnx.transformation.lower_convs_to_matmul import LowerConvsToMatMul
+
+    if not any(n.op_type == "Conv" for n in model.graph.node):
+        return model
+    model = model.transform(LowerConvsToMatMul())
+    left = [n.name for n in model.graph.node if n.op_type == "Conv"]
     if left:
         raise FinnFlowError(
-            f"FINN cannot map {len(left)} convolution(s): "
-            + ", ".join(f"{n.op_type} {n.name!r}" for n in left)
-            + f". {_UNMAPPED_HINTS['Conv']}."
+            f"qonnx's LowerConvsToMatMul left convolution(s) {', '.join(left)} in place: "
+            f"{_UNMAPPED_HINTS['Conv']}."
         )
-    return model
+    model = model.transform(InferShapes()).transform(InferDataTypes())
+    return model.transform(GiveUniqueNodeNames())
 
 
 def step_lower_zero_points(model: ModelWrapper, cfg) -> ModelWrapper:
@@ -226,6 +256,7 @@ def step_convert_to_hw_transformer(model: ModelWrapper, cfg) -> ModelWrapper:
         InferElementwiseBinaryOperation,
     )
     from finn.transformation.fpgadataflow.convert_to_hw.layer_norm import InferLayerNorm
+    from finn.transformation.fpgadataflow.convert_to_hw.pool import InferPool
     from finn.transformation.fpgadataflow.convert_to_hw.quantized_matrix_vector_activation import (
         InferQuantizedMatrixVectorActivation,
     )
@@ -264,7 +295,8 @@ def step_convert_to_hw_transformer(model: ModelWrapper, cfg) -> ModelWrapper:
     model = model.transform(InferVectorVectorActivation())
     model = model.transform(InferThresholdingLayer())
     model = model.transform(InferLayerNorm())
-    model = model.transform(InferConvInpGen())  # Im2Col -> FMPadding + sliding window (1D conv)
+    model = model.transform(InferPool())  # MaxPool -> Im2Col + Pool (2D convs, NCHW or NHWC)
+    model = model.transform(InferConvInpGen())  # Im2Col -> FMPadding + sliding window (convs)
     model = model.transform(AbsorbConsecutiveTransposes())
     model = model.transform(RemoveCNVtoFCFlatten())
     model = model.transform(InferElementwiseBinaryOperation(is_output_dequant_tail))
@@ -514,13 +546,18 @@ def make_step_set_folding(record: dict) -> Step:
 
 # ------------------------------------------------------------------------------- reports
 def step_attention_resource_estimate(model: ModelWrapper, cfg) -> ModelWrapper:
-    """Write report/estimate_attention_analytical.json (finn-plus reports 0 for attention)."""
+    """Write report/estimate_attention_analytical.json and estimate_glue_analytical.json
+    (finn-plus reports 0 for attention, adds, forks, LayerNorm and reshapes)."""
     from finn_flow.attention_estimate import attention_nodes_estimate
 
     est = attention_nodes_estimate(model)
     report = Path(cfg.get_report_directory())
     if est:
         (report / "estimate_attention_analytical.json").write_text(json.dumps(est, indent=2))
+    from finn_flow.glue_estimate import glue_nodes_estimate  # adds, forks, LayerNorm, reshapes
+
+    if glue := glue_nodes_estimate(model):
+        (report / "estimate_glue_analytical.json").write_text(json.dumps(glue, indent=2))
     (report / "hw_datapath.json").write_text(json.dumps(float_datapath_nodes(model), indent=2))
     return model
 
@@ -554,10 +591,11 @@ def float_datapath_nodes(model: ModelWrapper) -> list[dict]:
 # ----------------------------------------------------------------------------- step lists
 #: finn-plus steps after the dataflow partition up to the estimate reports
 _FRONT = [
-    step_conv1d_to_channels_last,
+    step_prepare_convs,
     step_lower_zero_points,
     "step_qonnx_to_finn",
     "step_tidy_up",
+    step_lower_conv2d,
     step_streamline_transformer,
     step_convert_to_hw_transformer,
     step_check_hw_mapping,

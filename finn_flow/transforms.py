@@ -30,11 +30,14 @@ from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.custom_op.general.intquant import int_quant
 from qonnx.transformation.base import Transformation
 
+from finn_flow.errors import FinnFlowError
+
 __all__ = [
     "AbsorbZeroPointOffsetIntoMultiThreshold",
     "LowerActivationZeroPoint",
     "LowerWeightZeroPoint",
     "LowerZeroPoints",
+    "ScalarZeroZeroPoint",
     "ZeroPointError",
     "quant_nodes_with_zero_point",
     "smallest_int_datatype",
@@ -43,8 +46,9 @@ __all__ = [
 _ZP_ATOL = 1e-6
 
 
-class ZeroPointError(ValueError):
-    """A zero point that cannot be lowered exactly (fractional, or 1-bit bipolar)."""
+class ZeroPointError(FinnFlowError):
+    """A zero point that cannot be lowered exactly (fractional, 1-bit bipolar, or a weight zero
+    point outside its grid, so that ``q - z`` leaves the signed narrow ``(b+1)``-bit grid)."""
 
 
 def smallest_int_datatype(lo: int, hi: int):
@@ -53,7 +57,8 @@ def smallest_int_datatype(lo: int, hi: int):
 
     if lo >= 0:
         return DataType.get_smallest_possible(hi)
-    return DataType.get_smallest_possible(min(lo, -hi - 1))
+    # at least INT2: get_smallest_possible(-1) is BIPOLAR {-1, +1}, which has no 0
+    return DataType.get_smallest_possible(min(lo, -hi - 1, -2))
 
 
 def _attr(node, name: str, default):
@@ -96,6 +101,24 @@ def _check_integer_zero_point(node, zeropt: np.ndarray, bitwidth: np.ndarray) ->
             "is not supported."
         )
     return rounded.astype(np.float32)
+
+
+def _check_weight_levels(node, w, scale, zeropt, bitwidth, signed, narrow, rounding) -> None:
+    """Raise :class:`ZeroPointError` unless every ``q - z`` of the constant ``w`` lies on the
+    signed narrow ``(b+1)``-bit grid ``[-(2**b - 1), 2**b - 1]`` that the lowering declares."""
+    from finn_flow.exact_thresholds import quant_level  # it imports this module
+
+    levels = quant_level(w, scale, zeropt, bitwidth, signed, narrow, rounding) - zeropt
+    limit = 2.0 ** np.asarray(bitwidth, dtype=np.float64) - 1
+    if np.any(np.abs(levels) > limit):
+        bits = int(np.max(bitwidth))
+        raise ZeroPointError(
+            f"Quant node {node.name!r}: the weight levels q - z reach {levels.min():g} to "
+            f"{levels.max():g}, outside the signed narrow {bits + 1}-bit grid "
+            f"[-{2**bits - 1}, {2**bits - 1}] that the zero-point lowering declares (zero point "
+            f"{np.unique(zeropt)[:4]} outside the {bits}-bit grid); export the weight quantiser "
+            "with a zero point inside its integer range."
+        )
 
 
 def _new_const(model: ModelWrapper, base: str, value: np.ndarray) -> str:
@@ -151,7 +174,7 @@ class LowerActivationZeroPoint(Transformation):
             changed = True
         if changed:
             model = model.transform(_RemoveUnusedInitializers())
-        return model, False
+        return model, changed
 
 
 class LowerWeightZeroPoint(Transformation):
@@ -160,7 +183,12 @@ class LowerWeightZeroPoint(Transformation):
     Touches only ``Quant`` nodes whose data input is a constant (weights, biases, quantised
     constants such as a positional encoding) and whose zero point is a non-zero constant.
     The new data input holds the dequantised values, so the node's output is unchanged and
-    FINN's weight folding sees a symmetric signed grid with zero point 0.
+    FINN's weight folding sees a symmetric signed grid with zero point 0. The new node rounds
+    half to even (``ROUND``): its input lies on its grid, so any rounding mode of the old node
+    would give the same levels, but ``FLOOR``/``CEIL`` would turn ``s*(q - z)/s`` one float
+    ulp off an integer into the neighbouring level. Raises :class:`ZeroPointError` (naming
+    the node) when some ``q - z`` lies outside ``[-(2**b - 1), 2**b - 1]``, i.e. for a zero
+    point outside the quantiser's own integer range.
     """
 
     def apply(self, model: ModelWrapper):
@@ -181,9 +209,9 @@ class LowerWeightZeroPoint(Transformation):
             rounding = _attr(node, "rounding_mode", "ROUND")
             if isinstance(rounding, bytes):
                 rounding = rounding.decode()
-            deq = int_quant(
-                np.asarray(w, dtype=np.float32), scale, zeropt, bitwidth, signed, narrow, rounding
-            ).astype(np.float32)
+            w = np.asarray(w, dtype=np.float32)
+            _check_weight_levels(node, w, scale, zeropt, bitwidth, signed, narrow, rounding)
+            deq = int_quant(w, scale, zeropt, bitwidth, signed, narrow, rounding).astype(np.float32)
             base = node.name or "Quant"
             node.input[0] = _new_const(model, base + "_dequantised", deq)
             node.input[2] = _new_const(model, base + "_zeropt0", np.zeros_like(zeropt))
@@ -191,6 +219,8 @@ class LowerWeightZeroPoint(Transformation):
             for a in node.attribute:
                 if a.name == "signed" or a.name == "narrow":
                     a.i = 1
+                elif a.name == "rounding_mode":
+                    a.s = b"ROUND"
             names = {a.name for a in node.attribute}
             if "signed" not in names:
                 node.attribute.append(helper.make_attribute("signed", 1))
@@ -199,16 +229,42 @@ class LowerWeightZeroPoint(Transformation):
             changed = True
         if changed:
             model = model.transform(_RemoveUnusedInitializers())
-        return model, False
+        return model, changed
+
+
+class ScalarZeroZeroPoint(Transformation):
+    """Replace a ``Quant`` node's zero point that is 0 in every element by the scalar 0.
+
+    ``Quant(x; s, 0, b)`` is the same with a zero point of any shape that is all zeros. A
+    per-channel quantiser exports one zero point per channel (all 0 under SQ, and after
+    :class:`LowerWeightZeroPoint`), and FINN's ``FoldQuantWeights`` and activation conversion
+    test ``zero_point == 0`` as one truth value, which fails for more than one element.
+    """
+
+    def apply(self, model: ModelWrapper):
+        changed = False
+        for node in model.graph.node:
+            if node.op_type != "Quant" or len(node.input) < 3:
+                continue
+            zp = model.get_initializer(node.input[2])
+            if zp is None or np.asarray(zp).size <= 1 or np.any(np.asarray(zp) != 0):
+                continue
+            node.input[2] = _new_const(model, (node.name or "Quant") + "_zeropt0", np.zeros(()))
+            changed = True
+        if changed:
+            model = model.transform(_RemoveUnusedInitializers())
+        return model, changed
 
 
 class LowerZeroPoints(Transformation):
-    """Apply :class:`LowerWeightZeroPoint` then :class:`LowerActivationZeroPoint`."""
+    """Apply :class:`LowerWeightZeroPoint`, :class:`LowerActivationZeroPoint`, then
+    :class:`ScalarZeroZeroPoint`."""
 
     def apply(self, model: ModelWrapper):
-        model = model.transform(LowerWeightZeroPoint())
-        model = model.transform(LowerActivationZeroPoint())
-        return model, False
+        model, weights = LowerWeightZeroPoint().apply(model)
+        model, activations = LowerActivationZeroPoint().apply(model)
+        model, scalar = ScalarZeroZeroPoint().apply(model)
+        return model, weights or activations or scalar
 
 
 class _RemoveUnusedInitializers(Transformation):
@@ -217,10 +273,10 @@ class _RemoveUnusedInitializers(Transformation):
     def apply(self, model: ModelWrapper):
         used = {i for n in model.graph.node for i in n.input}
         used |= {o.name for o in model.graph.output}
-        for init in list(model.graph.initializer):
-            if init.name not in used:
-                model.graph.initializer.remove(init)
-        return model, False
+        unused = [init for init in model.graph.initializer if init.name not in used]
+        for init in unused:
+            model.graph.initializer.remove(init)
+        return model, bool(unused)
 
 
 class AbsorbZeroPointOffsetIntoMultiThreshold(Transformation):

@@ -8,6 +8,9 @@ Public API::
     prepare_dataset(series, window=24, horizon=1, split=(0.7, 0.15, 0.15), predict="level")
                                                                          -> WindowedDataset
     DataError (a ValueError): every bad-input problem, with a message saying how to fix it
+    DataWarning (a UserWarning): suspicious but usable data (duplicate timestamps, a likely
+        missing-value marker, a feature that removes many windows), with counts and the fix;
+        also kept on the data (``data_warnings``) and recorded in a run's metrics.json
 
 Default task (embedded Beijing PM2.5 data): forecast ``pm2.5`` one hour ahead from the previous
 24 hours of all columns (``pm2.5`` itself first, weather, one-hot wind direction). Training
@@ -24,7 +27,7 @@ Example::
     >>> rmse = float(np.sqrt(np.mean((naive - y) ** 2)))  # persistence RMSE, µg/m³
 """
 
-from .series import DataError, TimeSeries
+from .series import DataError, DataWarning, TimeSeries
 from .sources import (
     BEIJING_FILE,
     BEIJING_SHA256,
@@ -51,6 +54,7 @@ __all__ = [
     "PREDICT_MODES",
     "SPLITS",
     "DataError",
+    "DataWarning",
     "MinMaxScaler",
     "TimeSeries",
     "WindowedDataset",

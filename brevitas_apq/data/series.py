@@ -13,16 +13,39 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
-__all__ = ["DataError", "TimeSeries"]
+from brevitas_apq.errors import APQError
+
+__all__ = ["DataError", "DataWarning", "TimeSeries"]
+
+#: Largest magnitude a value may have: the model and the scaled windows are float32.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-class DataError(ValueError):
+class DataError(APQError):
     """Bad or unusable input data; the message names the problem and how to fix it."""
+
+
+class DataWarning(UserWarning):
+    """Suspicious but usable input data (duplicate timestamps, a likely missing-value marker,
+    a mostly-missing feature); the message gives the counts and what to pass to change it.
+
+    Emitted with :func:`warnings.warn` and also kept on the data (``TimeSeries.data_warnings``,
+    ``WindowedDataset.data_warnings``), so a training run records them in ``metrics.json``.
+    Turn them into errors with ``warnings.simplefilter("error", DataWarning)``.
+    """
+
+
+def warn(message: str, sink: list[str]) -> None:
+    """Emit ``message`` as a :class:`DataWarning` and append it to ``sink``."""
+    warnings.warn(message, DataWarning, stacklevel=3)
+    sink.append(message)
 
 
 def _listing(names: Sequence[object], limit: int = 30) -> str:
@@ -47,6 +70,10 @@ class TimeSeries:
             task.
         name: a short human-readable name (used in logs and reports).
         freq: the pandas frequency alias of the grid (``"h"`` for every built-in loader).
+        data_warnings: the :class:`DataWarning` messages the loader emitted for this data.
+
+    Every used value must be finite and within float32's range (NaN marks a missing value);
+    an infinite or absurdly large value is a DataError naming the column and the count.
 
     ``eq=False`` because comparing DataFrames with ``==`` is element-wise, not a bool.
     """
@@ -56,10 +83,12 @@ class TimeSeries:
     features: tuple[str, ...]
     name: str
     freq: str = "h"
+    data_warnings: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # A tuple even when a list was passed, so the frozen object stays immutable/hashable.
         object.__setattr__(self, "features", tuple(self.features))
+        object.__setattr__(self, "data_warnings", tuple(self.data_warnings))
         frame = self.frame
         if not isinstance(frame.index, pd.DatetimeIndex):
             raise DataError(
@@ -97,6 +126,22 @@ class TimeSeries:
                 f"{self.name}: column(s) {_listing(non_numeric)} are not numeric; convert "
                 "them (pd.to_numeric) or one-hot encode categories first."
             )
+        self._check_magnitudes()
+
+    def _check_magnitudes(self) -> None:
+        """Refuse infinite values and values beyond float32's range in the used columns."""
+        for col in self.columns:
+            values = self.frame[col]
+            bad = values.notna() & ~(values.abs() <= FLOAT32_MAX)
+            if bad.any():
+                first = values[bad].index[0]
+                raise DataError(
+                    f"{self.name}: column {col!r} has {int(bad.sum())} value(s) that are "
+                    f"infinite or beyond float32's range (|x| > {FLOAT32_MAX:.3g}), e.g. "
+                    f"{values[first]:.6g} at {first}; the model computes in float32, so scaling "
+                    "and RMSE would overflow. Correct or delete those values, mark them missing "
+                    "(na_values=... / --na-values), or leave the column out (features=)."
+                )
 
     @property
     def columns(self) -> tuple[str, ...]:

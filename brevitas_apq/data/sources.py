@@ -33,6 +33,7 @@ import pandas as pd
 from pandas.tseries.api import guess_datetime_format
 from pandas.tseries.frequencies import to_offset
 
+from .checks import duplicate_timestamps, suspicious_values
 from .series import DataError, TimeSeries, _listing
 
 __all__ = [
@@ -190,19 +191,26 @@ def _to_numeric(frame: pd.DataFrame, columns: Sequence[str], source: str, hint: 
         frame[col] = values.astype("float64")
 
 
-def _to_grid(frame: pd.DataFrame, resample: str | None, source: str) -> tuple[pd.DataFrame, str]:
-    """Put the rows on a regular grid: hourly means, or the data's own step (``resample=None``)."""
+def _to_grid(
+    frame: pd.DataFrame, resample: str | None, source: str, notes: list[str]
+) -> tuple[pd.DataFrame, str]:
+    """Put the rows on a regular grid: hourly means, or the data's own step (``resample=None``).
+
+    Rows sharing a timestamp are averaged with the rest of their bin, with a DataWarning (added
+    to ``notes``) that counts them; with ``resample=None`` they are an error.
+    """
     if resample is not None:
         try:
             freq = to_offset(resample).freqstr
-            # Mean per bin, labelled by the bin start (10:00 holds 10:00..10:59); empty bins
-            # (missing hours) become NaN rows, which the windowing skips.
-            return frame.resample(resample).mean(), freq
         except (ValueError, TypeError) as exc:
             raise DataError(
                 f"{source}: invalid resample={resample!r} ({exc}); use a pandas alias such as "
                 "'h' (hourly), '30min' or None to keep the data's own time step."
             ) from None
+        notes += duplicate_timestamps(frame.index, source, freq)
+        # Mean per bin, labelled by the bin start (10:00 holds 10:00..10:59); empty bins
+        # (missing hours) become NaN rows, which the windowing skips.
+        return frame.resample(resample).mean(), freq
     frame = frame.sort_index()
     if frame.index.has_duplicates:
         dups = frame.index[frame.index.duplicated()].unique()[:3]
@@ -399,10 +407,18 @@ def load_airu(
     index = _parse_timestamps(raw["Timestamp"].str.strip(), None, source)
     frame = raw[used].set_axis(index)
     _to_numeric(frame, used, source, " Sensor columns must be plain numbers.")
-    frame, freq = _to_grid(frame, "h", source)
+    notes = suspicious_values(
+        frame, used, source, " If it marks missing readings, blank those cells in the file."
+    )
+    frame, freq = _to_grid(frame, "h", source, notes)
     _check_target(frame, target, source)
     return TimeSeries(
-        frame=frame, target=target, features=chosen, name=f"airu:{root.name}", freq=freq
+        frame=frame,
+        target=target,
+        features=chosen,
+        name=f"airu:{root.name}",
+        freq=freq,
+        data_warnings=tuple(notes),
     )
 
 
@@ -531,14 +547,16 @@ def load_csv(
     index = _parse_timestamps(text.str.strip(), timestamp_format, source)
     frame = df[used].set_axis(index)
     _to_numeric(frame, used, source, hint)
+    notes = suspicious_values(frame, used, source)
     _check_target(frame, target, source)
-    frame, freq = _to_grid(frame, resample, source)
+    frame, freq = _to_grid(frame, resample, source, notes)
     return TimeSeries(
         frame=frame,
         target=target,
         features=chosen,
         name=name or f"csv:{path.name}",
         freq=freq,
+        data_warnings=tuple(notes),
     )
 
 

@@ -52,6 +52,7 @@ import numpy as np
 import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
+from .checks import costly_features
 from .series import DataError, TimeSeries, _listing
 
 __all__ = [
@@ -203,6 +204,7 @@ class _Layout:
     values: np.ndarray  # (T, F) feature values, float64
     target: np.ndarray  # (T,) target values, float64
     ends: np.ndarray  # (N,) grid position of each window's last input step
+    data_warnings: tuple[str, ...]  # the series' warnings and the costly-feature ones
 
 
 def _too_short(
@@ -239,15 +241,21 @@ def _layout(series: TimeSeries, window: int, horizon: int, needed: int, why: str
     target = frame[series.target].to_numpy(dtype=np.float64)
     n = len(frame)
     ends = np.arange(window - 1, n - horizon)
+    notes = list(series.data_warnings)
     if len(ends):
         # bad_before[k] = number of rows with a NaN input among rows 0..k-1, so a window
         # [e-window+1, e] is clean iff the difference over that range is 0 (O(T), no loops).
         bad_before = np.concatenate(([0], np.cumsum(np.isnan(values).any(axis=1))))
         clean = bad_before[ends + 1] - bad_before[ends + 1 - window] == 0
-        ends = ends[clean & ~np.isnan(target[ends + horizon])]
+        label_ok = ~np.isnan(target[ends + horizon])
+        ends = ends[clean & label_ok]
+        if len(ends) >= needed:  # otherwise the error below names the most-missing columns
+            notes += costly_features(
+                np.isnan(values), label_ok, series.features, series.target, window, series.name
+            )
     if len(ends) < needed:
         raise _too_short(series, frame, window, horizon, len(ends), needed, why)
-    return _Layout(frame.index, values, target, ends)
+    return _Layout(frame.index, values, target, ends, tuple(notes))
 
 
 def _gather(values: np.ndarray, ends: np.ndarray, window: int) -> np.ndarray:
@@ -316,7 +324,8 @@ class WindowedDataset:
     ``val_start``, val windows only rows in ``[val_start, test_start)``, test windows only rows
     from ``test_start``. ``predict`` is what the model outputs (``"level"`` or ``"change"``,
     see the module docstring): train on :meth:`model_target`, turn outputs into forecasts with
-    :meth:`forecast`.
+    :meth:`forecast`. ``data_warnings``: the :class:`~brevitas_apq.data.series.DataWarning`
+    messages of loading and windowing (a training run writes them to ``metrics.json``).
     """
 
     X_train: np.ndarray
@@ -337,6 +346,7 @@ class WindowedDataset:
     split_times: tuple[pd.Timestamp, pd.Timestamp]
     n_dropped: int  # valid windows dropped because they straddle a split boundary
     predict: str = "level"
+    data_warnings: tuple[str, ...] = ()  # DataWarning messages of loading and windowing
     n_train: int = field(init=False)
     n_val: int = field(init=False)
     n_test: int = field(init=False)
@@ -524,4 +534,5 @@ def prepare_dataset(
         split_times=(lay.index[cut1], lay.index[cut2]),
         n_dropped=int((~keep).sum()),
         predict=predict,
+        data_warnings=lay.data_warnings,
     )

@@ -25,6 +25,7 @@ import brevitas.nn as qnn
 import torch
 from torch import Tensor, nn
 
+from brevitas_apq.errors import ConfigError
 from brevitas_apq.plans import BitPlan
 
 
@@ -43,16 +44,16 @@ class ModelConfig:
         for name in ("n_features", "window", "d_model", "n_heads"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} is invalid; allowed: a positive integer")
+                raise ConfigError(f"{name}={value!r} is invalid; allowed: a positive integer")
         if self.d_model % self.n_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
                 "allowed: n_heads dividing d_model"
             )
         if self.ffn_dim is not None and (not isinstance(self.ffn_dim, int) or self.ffn_dim < 1):
-            raise ValueError(f"ffn_dim={self.ffn_dim!r} is invalid; allowed: a positive integer")
+            raise ConfigError(f"ffn_dim={self.ffn_dim!r} is invalid; allowed: a positive integer")
         if self.norm not in ("layer", "batch"):
-            raise ValueError(f"norm={self.norm!r} is invalid; allowed: layer, batch")
+            raise ConfigError(f"norm={self.norm!r} is invalid; allowed: layer, batch")
 
     @property
     def ffn(self) -> int:

@@ -41,6 +41,12 @@ range's centre from zero in units of its half-width, and it measures exactly wha
 SQ's step is ``(1 + S)`` times AQ's step for the same range. The default threshold 0.1 therefore
 reads "pay for a zero point when SQ would be more than about 10 % coarser".
 
+Per-channel scales (``channel_dim``, weights only): with ``channel_dim`` set, the scale and
+the zero point are computed per slice along that dimension (the output channels: dim 0 of a
+``Linear`` or ``Conv1d`` weight) and have the weight's rank with size 1 elsewhere, e.g.
+``(out, 1)`` for a ``Linear``, as Brevitas's per-channel quantisers. S and the APQ decision
+stay per tensor: one decision (and one kind of zero point) for the whole weight.
+
 Statistics and mini-batches: parameters (weights, biases) use their current min / max at every
 call. Runtime tensors (activations) keep an exponential moving average of the per-mini-batch
 min / max (as PyTorch's moving-average observers and Brevitas's runtime-statistics scaling do),
@@ -61,6 +67,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from brevitas_apq.quant.validation import (
     check_band,
     check_bit_width,
+    check_channel_dim,
     check_decision_rule,
     check_momentum,
     check_scheme,
@@ -188,6 +195,8 @@ class AdaptiveIntQuant(nn.Module):
             ``"hysteresis"`` (a band around the threshold on a moving average of S).
         decision_band: half-width of the hysteresis band relative to the threshold, [0, 1).
         decision_momentum: weight of the newest mini-batch in the moving average of S, (0, 1].
+        channel_dim: ``None`` for one scale per tensor, or the dimension whose slices get a scale
+            (and zero point) each; parameters only (``runtime_stats=False``).
 
     Returns from ``forward(x)``: ``(y, scale, zero_point, bit_width)``, ``y`` dequantised.
 
@@ -212,6 +221,7 @@ class AdaptiveIntQuant(nn.Module):
         decision_rule: str = DEFAULT_DECISION_RULE,
         decision_band: float = DEFAULT_DECISION_BAND,
         decision_momentum: float = DEFAULT_DECISION_MOMENTUM,
+        channel_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.int_quant = int_quant
@@ -222,6 +232,7 @@ class AdaptiveIntQuant(nn.Module):
         self.decision_rule = check_decision_rule(decision_rule)
         self.decision_band = check_band(decision_band)
         self.decision_momentum = check_momentum(decision_momentum, "decision_momentum")
+        self.channel_dim = check_channel_dim(channel_dim, self.runtime_stats)
         bits = check_bit_width(bit_width)
         # Static per quantiser, as Brevitas reads them once: not saved, never switched.
         self.register_buffer("bit_width", torch.tensor(float(bits)), persistent=False)
@@ -349,9 +360,17 @@ class AdaptiveIntQuant(nn.Module):
             self.commit()  # the last mini-batch counts before the decision freezes
         return super().train(mode)
 
+    def _param_range(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Min and max of a parameter: per tensor, or per slice along ``channel_dim``."""
+        x = x.detach()
+        if self.channel_dim is None:
+            return torch.aminmax(x)
+        dims = [d for d in range(x.dim()) if d != self.channel_dim % x.dim()]
+        return x.amin(dim=dims, keepdim=True), x.amax(dim=dims, keepdim=True)
+
     def _frozen_range(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if not self.runtime_stats:
-            return torch.aminmax(x.detach())
+            return self._param_range(x)
         if int(self.num_updates) == 0:
             raise RuntimeError(
                 "activation quantiser has no statistics yet: run at least one forward pass in "
@@ -380,6 +399,8 @@ class AdaptiveIntQuant(nn.Module):
                 self._observe(x)
             if self.runtime_stats and int(self.num_updates) == 0:
                 lo, hi = self._pending  # the very first mini-batch: its own range so far
+            elif self.channel_dim is not None:  # per-channel parameters (S stays per tensor)
+                lo, hi = self._param_range(x)
             else:  # parameters: _observe just stored this tensor's own range
                 lo, hi = self.running_min, self.running_max
         else:
@@ -393,6 +414,7 @@ class AdaptiveIntQuant(nn.Module):
             f"scheme={self.quant_scheme}, bit_width={int(self.bit_width)}, "
             f"threshold={self.symmetry_threshold}, runtime_stats={self.runtime_stats}, "
             f"decision_rule={self.decision_rule}"
+            + ("" if self.channel_dim is None else f", channel_dim={self.channel_dim}")
             + (
                 f", band={self.decision_band}, decision_momentum={self.decision_momentum}"
                 if self.decision_rule == "hysteresis"

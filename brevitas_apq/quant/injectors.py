@@ -26,6 +26,12 @@ Grids (static per class, read once by Brevitas and exported as ``signed`` / ``na
 * ``UnsignedActQuant``: unsigned, full range, zero point 0, for tensors that are one-sided by
   construction (after ReLU). On ``[0, max]`` this grid *is* the asymmetric quantiser, at no
   zero-point cost, and it is what FINN's ReLU handler needs.
+
+Scales: one per tensor by default. Weights take one scale (and zero point) per output channel
+with Brevitas's own flag, ``weight_scaling_per_output_channel=True``, or the ``PerChannel``
+fragment (plans: ``per_channel: true`` on a weight); FINN folds them into the thresholds that
+follow. Activation quantisers pass the gradient of a clipped value back inwards (see
+``RuntimeStats``).
 """
 
 from __future__ import annotations
@@ -34,10 +40,12 @@ from typing import NamedTuple
 
 from brevitas.core.function_wrapper import Identity, TensorClamp
 from brevitas.core.scaling import ScalingPerOutputType
-from brevitas.inject import ExtendedInjector
+from brevitas.inject import ExtendedInjector, value
 from brevitas.quant.base import IntQuant, NarrowIntQuant, UintQuant
 from brevitas.quant.solver import ActQuantSolver, BiasQuantSolver, WeightQuantSolver
 
+from brevitas_apq.errors import ConfigError
+from brevitas_apq.quant.clamp import TensorClampInwardSte
 from brevitas_apq.quant.core import (
     DEFAULT_DECISION_BAND,
     DEFAULT_DECISION_MOMENTUM,
@@ -53,6 +61,7 @@ __all__ = [
     "AQActQuant",
     "AQBiasQuant",
     "AQWeightQuant",
+    "PerChannel",
     "SQActQuant",
     "SQBiasQuant",
     "SQWeightQuant",
@@ -64,8 +73,10 @@ class AdaptiveCore(ExtendedInjector):
     """Fragment: use ``AdaptiveIntQuant`` as the tensor quantiser (per tensor, 8 bits default)."""
 
     tensor_quant = AdaptiveIntQuant
-    # Per-tensor scale; plain clamp and no input view, as for Brevitas's per-tensor quantisers.
-    scaling_per_output = ScalingPerOutputType.TENSOR
+    # Per-tensor scale (Brevitas's solver derives ``scaling_per_output`` from this, or from a
+    # ``scaling_per_output_channel`` keyword); plain clamp (activations: see ``RuntimeStats``)
+    # and no input view, as for Brevitas's per-tensor quantisers.
+    scaling_per_output_type = ScalingPerOutputType.TENSOR
     tensor_clamp_impl = TensorClamp
     input_view_impl = Identity
     bit_width = 8
@@ -74,6 +85,51 @@ class AdaptiveCore(ExtendedInjector):
     decision_rule = DEFAULT_DECISION_RULE
     decision_band = DEFAULT_DECISION_BAND
     decision_momentum = DEFAULT_DECISION_MOMENTUM
+
+    @value
+    def channel_dim(scaling_per_output):
+        if scaling_per_output != ScalingPerOutputType.TENSOR:
+            raise ConfigError(
+                f"scaling_per_output={scaling_per_output} is not supported here: biases and "
+                "activations have one scale per tensor; per-channel scales are for weights"
+            )
+        return None
+
+
+class PerChannel(ExtendedInjector):
+    """Fragment: one scale (and zero point) per output channel, for weight quantisers.
+
+    FINN folds per-channel weight scales into the thresholds that follow, so at 4 bits they are
+    free in hardware where a layer feeds a threshold. The same choice as a keyword:
+    ``weight_scaling_per_output_channel=True`` (Brevitas's own flag). S and the APQ decision stay
+    per tensor.
+
+    Example:
+        >>> import brevitas.nn as qnn
+        >>> class SQWeightPerChannelQuant(PerChannel, SQWeightQuant):
+        ...     pass
+        >>> layer = qnn.QuantLinear(4, 3, True, weight_quant=SQWeightPerChannelQuant)
+        >>> tuple(layer.quant_weight().scale.shape)
+        (3, 1)
+    """
+
+    scaling_per_output_type = ScalingPerOutputType.CHANNEL
+
+
+class WeightChannels(ExtendedInjector):
+    """Fragment (weights): per tensor, or per output channel with ``scaling_per_output`` CHANNEL
+    (the ``PerChannel`` fragment or ``scaling_per_output_channel=True``)."""
+
+    @value
+    def channel_dim(scaling_per_output, output_channel_dim):
+        if scaling_per_output == ScalingPerOutputType.CHANNEL:
+            return output_channel_dim
+        if scaling_per_output != ScalingPerOutputType.TENSOR:
+            raise ConfigError(
+                f"scaling_per_output={scaling_per_output} is not supported; allowed: "
+                "ScalingPerOutputType.TENSOR or CHANNEL"
+            )
+        return None
 
 
 class Symmetric(ExtendedInjector):
@@ -101,9 +157,16 @@ class ParameterStats(ExtendedInjector):
 
 
 class RuntimeStats(ExtendedInjector):
-    """Fragment: running statistics collected in training, frozen in eval (activations)."""
+    """Fragment: running statistics collected in training, frozen in eval (activations).
+
+    The range follows the data, so a clipped value is the statistics lagging behind: the clamp
+    passes its gradient back inwards (``TensorClampInwardSte``, see ``brevitas_apq.quant.clamp``
+    for why neither of Brevitas's clamps). Brevitas's own stay selectable per quantiser, e.g.
+    ``output_tensor_clamp_impl=TensorClamp`` on a layer.
+    """
 
     runtime_stats = True
+    tensor_clamp_impl = TensorClampInwardSte
 
 
 class BiasWithOwnScale(ExtendedInjector):
@@ -112,7 +175,9 @@ class BiasWithOwnScale(ExtendedInjector):
     requires_input_scale = False
 
 
-class SQWeightQuant(Symmetric, NarrowIntQuant, ParameterStats, AdaptiveCore, WeightQuantSolver):
+class SQWeightQuant(
+    Symmetric, NarrowIntQuant, ParameterStats, WeightChannels, AdaptiveCore, WeightQuantSolver
+):
     """Symmetric weight quantiser: signed narrow grid, zero point 0.
 
     Example:
@@ -123,7 +188,9 @@ class SQWeightQuant(Symmetric, NarrowIntQuant, ParameterStats, AdaptiveCore, Wei
     """
 
 
-class AQWeightQuant(Asymmetric, IntQuant, ParameterStats, AdaptiveCore, WeightQuantSolver):
+class AQWeightQuant(
+    Asymmetric, IntQuant, ParameterStats, WeightChannels, AdaptiveCore, WeightQuantSolver
+):
     """Asymmetric weight quantiser: signed full grid with an integer zero point.
 
     Example:
@@ -134,7 +201,9 @@ class AQWeightQuant(Asymmetric, IntQuant, ParameterStats, AdaptiveCore, WeightQu
     """
 
 
-class APQWeightQuant(Adaptive, NarrowIntQuant, ParameterStats, AdaptiveCore, WeightQuantSolver):
+class APQWeightQuant(
+    Adaptive, NarrowIntQuant, ParameterStats, WeightChannels, AdaptiveCore, WeightQuantSolver
+):
     """Adaptive weight quantiser: SQ or AQ per training step, frozen in eval and at export.
 
     Example:

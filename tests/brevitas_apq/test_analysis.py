@@ -9,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from brevitas_apq import quantize
 from brevitas_apq.analysis import (
     Operand,
     float_size_bits,
@@ -20,7 +21,7 @@ from brevitas_apq.analysis import (
     size_summary,
 )
 from brevitas_apq.models import ModelConfig, TimeSeriesTransformer
-from brevitas_apq.plans import ACTIVATIONS, BitPlan
+from brevitas_apq.plans import ACTIVATIONS, BitPlan, ModulePlan
 from brevitas_apq.quant import (
     AQActQuant,
     AQWeightQuant,
@@ -172,21 +173,26 @@ def test_all_sq_model_has_no_zero_point_ops_and_hand_counted_macs():
     adds = 6 * t * d + 4 * t * d + t * ffn + 1  # biases L1-L5, L7; pos/res/pool; L6; L8
     assert ops["macs"] == sum(macs.values()) and ops["adds"] == adds
     assert ops["int_ops"] == ops["macs"] + ops["adds"]
+    # derived from a forward pass: modules by name, functions by their operands' modules
     assert [r["layer"] for r in ops["per_layer"]] == [
         "L1",
-        "pos_add",
+        "add(pos_quant, pos_quant)",
         "L2",
         "L3",
         "L4",
-        "attn_scores",
-        "attn_context",
+        "matmul(L2, L3)",
+        "matmul(softmax_quant, L4)",
         "L5",
-        "res1_add",
+        "add(res1_quant, res1_quant)",
         "L6",
         "L7",
-        "res2_add",
-        "pool",
+        "add(res2_quant, res2_quant)",
+        "mean(norm2_quant)",
         "L8",
+    ]
+    assert [r["kind"] for r in ops["per_layer"]] == [
+        *("linear", "add", "linear", "linear", "linear", "matmul", "matmul", "linear", "add"),
+        *("linear", "linear", "add", "pool", "linear"),
     ]
 
 
@@ -222,7 +228,7 @@ def test_counts_follow_current_apq_decisions():
     ops = operation_counts(m)
     assert ops["zero_point_ops"] == 2 * (t * t + t * d)
     by_layer = {r["layer"]: r["zero_point_ops"] for r in ops["per_layer"]}
-    assert by_layer["attn_scores"] == by_layer["attn_context"] == t * t + t * d
+    assert by_layer["matmul(L2, L3)"] == by_layer["matmul(softmax_quant, L4)"] == t * t + t * d
 
 
 @settings(max_examples=8, deadline=None)
@@ -244,20 +250,40 @@ def test_zero_point_ops_closed_form(window, d_model, heads, features):
     assert aq["zero_point_ops"] == expected
     assert operation_counts(model("all-sq", config))["zero_point_ops"] == 0
     # the attention MACs scale with T^2 d whatever the number of heads
-    scores = next(r for r in aq["per_layer"] if r["layer"] == "attn_scores")
+    scores = next(r for r in aq["per_layer"] if r["layer"] == "matmul(L2, L3)")
     assert scores["macs"] == t * t * d
 
 
-def test_window_override_and_invalid_models():
+def test_example_input_and_invalid_models():
     m = model("all-sq")
-    assert operation_counts(m, window=8)["window"] == 8
-    assert operation_counts(m, window=8)["macs"] > operation_counts(m)["macs"]
+    assert operation_counts(m)["window"] == 4  # zeros of the config's shape by default
+    longer = torch.zeros(3, 8, 3)  # the first sample is one inference; pos encoding is 4 long
+    with pytest.raises(RuntimeError):
+        operation_counts(m, longer)
+    assert operation_counts(m, torch.ones(5, 4, 3)) == operation_counts(m)  # values, batch: no
     with pytest.raises(ValueError, match="quantised model"):
         operation_counts(TimeSeriesTransformer(SMALL))
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="needs example_input"):
         operation_counts(torch.nn.Linear(2, 2))
-    with pytest.raises(ValueError, match="window"):
-        operation_counts(m, window=0)
+    with pytest.raises(ValueError, match=r"layer '1' \(Linear\) is float"):
+        operation_counts(torch.nn.Sequential(quant_linear(2, 2, SQActQuant, SQWeightQuant),
+                                             torch.nn.Linear(2, 2)), torch.zeros(1, 2))  # fmt: skip
+
+
+def test_counting_leaves_the_model_as_it_was():
+    m = model("all-apq")
+    m.train()
+    m(torch.rand(8, 4, 3) + 1)  # a pending mini-batch of one-sided data: .eval() commits it
+    cores = dict(iter_quantizers(m))
+    for core in cores.values():
+        core.use_zero_point.fill_(False)  # all on SQ now; the pending batch would say AQ
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    pending = {name: core._pending is not None for name, core in cores.items()}
+    assert operation_counts(m)["zero_point_ops"] == 0  # the decisions in force, not committed
+    assert m.training and all(mod.training for mod in m.modules())
+    torch.testing.assert_close(m.state_dict(), before, rtol=0, atol=0, equal_nan=True)
+    assert {name: core._pending is not None for name, core in cores.items()} == pending
+    assert any(pending.values())
 
 
 def test_size_summary_matches_model_size():
@@ -267,3 +293,115 @@ def test_size_summary_matches_model_size():
         assert summary["total_bits"] == model_size_bits(m)
         assert (summary["zero_point_bits"] > 0) == (schemes == "all-aq")
         assert summary["total_bits"] < float_size_bits(TimeSeriesTransformer(SMALL))
+
+
+# --- any model quantised with brevitas_apq.quantize -------------------------------------------
+
+
+def quantized(model: torch.nn.Module, modules: dict) -> torch.nn.Module:
+    return quantize(model, ModulePlan.from_dict({"modules": modules}))
+
+
+def test_a_quantised_mlp_counted_by_hand():
+    mlp = torch.nn.Sequential(torch.nn.Linear(5, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    q = quantized(
+        mlp,
+        {
+            "0": {"input": 8, "weight": {"bits": 4, "scheme": "aq"}, "bias": 8},
+            "1": {"act": 4},
+            "2": {"weight": 8, "bias": 8},
+        },
+    )
+    ops = operation_counts(q, torch.zeros(7, 5))  # one inference: the first sample
+    first, second = ops["per_layer"]
+    # 1 x 5 x 3 MACs, 3 bias adds, AQ weight: the input's sum (5) + one correction per output (3)
+    assert (first["layer"], first["macs"], first["adds"], first["zero_point_ops"]) == (
+        "0",
+        15,
+        3,
+        8,
+    )
+    assert (first["a"], first["b"], first["mac_bits"]) == ("8b SQ", "4b AQ", "8x4")
+    # the unsigned 4-bit ReLU output times the 8-bit SQ weights
+    assert (second["macs"], second["adds"], second["zero_point_ops"]) == (6, 2, 0)
+    assert second["a"] == "u4b SQ" and ops["int_ops"] == 15 + 3 + 8 + 6 + 2
+
+
+class ConvPool(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.conv1, self.relu1, self.pool = (
+            nn.Conv1d(3, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool1d(2),
+        )
+        self.conv2, self.relu2 = nn.Conv1d(4, 4, 3, groups=2), nn.ReLU()
+        self.head_in, self.head = nn.Identity(), nn.Linear(4, 1)
+
+    def forward(self, x):
+        h = self.relu2(self.conv2(self.pool(self.relu1(self.conv1(x)))))
+        return self.head(self.head_in(h.mean(-1)))
+
+
+def test_a_quantised_conv_net_counted_by_hand():
+    aq4 = {"bits": 4, "scheme": "aq"}
+    q = quantized(
+        ConvPool(),
+        {
+            "conv1": {"input": 8, "weight": aq4, "bias": 8},
+            "relu*": {"act": 4},
+            "conv2": {"weight": aq4, "bias": 8},
+            "head_in": {"act": 8},
+            "head": {"weight": 8, "bias": 8},
+        },
+    )
+    ops = operation_counts(q, torch.zeros(1, 3, 10))
+    rows = {r["layer"]: r for r in ops["per_layer"]}
+    assert list(rows) == ["conv1", "conv2", "mean(relu2)", "head"]
+    # conv1: 10 positions x (3 x 3 inputs) x 4 outputs; AQ weights: 10 x (9 + 4)
+    assert (rows["conv1"]["macs"], rows["conv1"]["adds"], rows["conv1"]["zero_point_ops"]) == (
+        360,
+        40,
+        130,
+    )
+    # max pooling keeps the ReLU's grid; conv2 has 2 groups of (2 ch x 3) -> 2 ch, 3 positions
+    assert rows["conv2"]["a"] == "u4b SQ" and rows["conv2"]["shape"] == "2*3x6x2"
+    assert (rows["conv2"]["macs"], rows["conv2"]["zero_point_ops"]) == (72, 2 * (3 * 6 + 3 * 2))
+    assert (rows["mean(relu2)"]["adds"], rows["mean(relu2)"]["shape"]) == (12, "4x3")
+    assert rows["head"]["macs"] == 4 and ops["zero_point_ops"] == 130 + 48
+
+
+class Mixed(torch.nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.a, self.b = torch.nn.Identity(), torch.nn.Identity()
+        self.fc = torch.nn.Linear(4, 4)
+        self.w = torch.nn.Parameter(torch.ones(4, 4))
+
+    def forward(self, x):
+        if self.how == "float matmul":
+            return self.a(x) @ self.w
+        if self.how == "mul":
+            return self.a(x) * self.b(x)
+        return self.fc(self.a(x) + self.b(x))  # two grids: the sum is not one integer grid
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        ("float matmul", r"product of the integer tensor from 'a' and a float tensor"),
+        ("mul", r"mul of the integer tensors from 'a' and 'b' is not counted"),
+        ("add", r"layer 'fc' \(QuantLinear\): its input is not an integer tensor"),
+    ],
+)
+def test_what_the_cost_model_cannot_count_is_refused(how, message):
+    q = quantized(Mixed(how), {"a": {"act": 8}, "b": {"act": 8}, "fc": {"weight": 8, "bias": 8}})
+    with pytest.raises(ValueError, match=message):
+        operation_counts(q, torch.zeros(1, 4))
+    eltwise = torch.nn.Sequential(
+        quant_linear(2, 2, SQActQuant, SQWeightQuant), qnn.QuantEltwiseAdd()
+    )
+    with pytest.raises(ValueError, match=r"layer '1' \(QuantEltwiseAdd\) is not counted"):
+        operation_counts(eltwise, torch.zeros(1, 2))

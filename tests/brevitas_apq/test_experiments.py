@@ -118,6 +118,31 @@ def test_grid_writes_results_tables_and_plots(grid):
     assert len(lines) >= 5
 
 
+def test_grid_reports_validation_rmse_and_skill_over_persistence(grid):
+    out, result, _ = grid
+    results = pd.read_csv(out / "results.csv")
+    skill = 1 - results.rmse / results.persistence_rmse
+    pd.testing.assert_series_equal(results.skill, skill, check_names=False)
+    assert (results.beats_persistence == (skill > 0).astype(int)).all()
+    assert results.val_rmse.notna().all() and (results.val_rmse != results.rmse).all()
+    row = result.table.set_index("config").loc["all-4/all-sq"]
+    assert row.skill == pytest.approx(skill[results.config == "all-4/all-sq"].iloc[0])
+    md = (out / "results.md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("| all-4/all-sq |"))
+    n_beat = int(results.beats_persistence[results.config == "all-4/all-sq"].iloc[0])
+    assert f"{100 * row.skill:+.2f} % ({n_beat} of 1 > 0)" in line
+    assert f"| {row.val_rmse:.3f} |" in line and "skill vs persistence" in md
+    # over seeds: mean ± std, and the count of seeds above persistence
+    frame = result.results  # (read back from CSV, the float row's empty schemes is NaN)
+    two = pd.concat([frame.assign(seed=0), frame.assign(seed=1, skill=frame.skill + 0.02)])
+    two["beats_persistence"] = (two.skill > 0).astype(int)
+    agg = experiments.aggregate(two).set_index("config")
+    assert agg.loc["float", "skill_std"] == pytest.approx(0.02 / 2**0.5)
+    assert agg.loc["float", "beats_persistence_runs"] == int(
+        (two.skill[two.config == "float"] > 0).sum()
+    )
+
+
 def test_grid_resumes_without_redoing_finished_runs(grid, data):
     out, first, _ = grid
     config_dir = experiments.run_dir(out, Config("all-4", "all-sq"), 0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -47,18 +49,62 @@ def test_quantised_model_loads_float_weights_and_has_every_quantiser():
     assert model.L1.weight_quant.tensor_quant.bit_width == 4
 
 
-def test_residual_adds_share_one_quantiser_instance():
+@pytest.mark.parametrize("training", [True, False])
+def test_adds_quantise_both_inputs_with_one_scale(training):
+    """Both inputs of each add (positional encoding, the two residuals) go through one shared
+    quantiser instance: in a forward pass it is called twice and gives both the same scale and
+    zero point (after calibration, in training and in eval)."""
     model = TimeSeriesTransformer(ModelConfig(n_features=5), BitPlan.from_presets())
     calibrate(model)
-    # the shared quantiser gives both add inputs the same scale
-    assert len([n for n in dict(model.named_modules()) if n == "res1_quant"]) == 1
+    model.train(training)
+    calls: dict[str, list[tuple[float, float]]] = {}
+    hooks = []
+    for name in ("pos_quant", "res1_quant", "res2_quant"):
+        core = dict(iter_quantizers(getattr(model, name)))["act_quant"]
+
+        def record(module, args, out, name=name):
+            calls.setdefault(name, []).append((float(out[1]), float(out[2])))
+
+        hooks.append(core.register_forward_hook(record))
+    model(torch.randn(8, 24, 5) * 3)  # a larger range than calibration: no new scale mid-pass
+    for hook in hooks:
+        hook.remove()
+    assert set(calls) == {"pos_quant", "res1_quant", "res2_quant"}
+    for name, pairs in calls.items():
+        assert len(pairs) == 2 and pairs[0] == pairs[1], (name, pairs)
+
+
+def reference_attention(model, h: torch.Tensor) -> torch.Tensor:
+    """Multi-head attention of a float model written head by head (slices, not reshapes)."""
+    heads = model.config.n_heads
+    dh = model.config.d_model // heads
+    q, k, v = model.L2(h), model.L3(h), model.L4(h)
+    out = []
+    for i in range(heads):
+        cols = slice(i * dh, (i + 1) * dh)
+        scores = q[..., cols] @ k[..., cols].transpose(-2, -1) / math.sqrt(dh)
+        out.append(torch.softmax(scores, dim=-1) @ v[..., cols])
+    return model.L5(torch.cat(out, dim=-1))
 
 
 @pytest.mark.parametrize("heads", [1, 2, 4])
-def test_multi_head_shapes(heads):
-    model = TimeSeriesTransformer(ModelConfig(n_features=3, n_heads=heads), BitPlan.from_presets())
-    model.train()
-    assert model(torch.randn(2, 24, 3)).shape == (2,)
+def test_multi_head_attention_values(heads):
+    """The float model's attention equals attention computed head by head; the quantised
+    model gives one finite forecast per window."""
+    torch.manual_seed(heads)
+    model = TimeSeriesTransformer(ModelConfig(n_features=3, n_heads=heads))
+    h = torch.randn(2, 24, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model._attention(h), reference_attention(model, h))
+    if heads > 1:  # the heads are really separate: one head over all columns differs
+        single = TimeSeriesTransformer(ModelConfig(n_features=3, n_heads=1))
+        single.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            assert not torch.allclose(single._attention(h), model._attention(h))
+    quant = TimeSeriesTransformer(ModelConfig(n_features=3, n_heads=heads), BitPlan.from_presets())
+    quant.train()
+    out = quant(torch.randn(2, 24, 3))
+    assert out.shape == (2,) and bool(torch.isfinite(out).all())
 
 
 @pytest.mark.parametrize(("bits", "schemes"), [("mixed-4-8", "sq-apq"), ("all-4", "all-aq")])
@@ -101,8 +147,12 @@ def test_loading_float_weights_of_another_shape_fails():
         b.load_float_weights(a)
 
 
-def test_positional_encoding_is_sinusoidal():
-    pe = sinusoidal_encoding(24, 16)
-    assert pe.shape == (24, 16)
-    assert float(pe[0, 0]) == 0.0 and float(pe[0, 1]) == 1.0
-    assert float(pe.abs().max()) <= 1.0
+@pytest.mark.parametrize("d_model", [16, 7])
+def test_positional_encoding_is_sinusoidal(d_model):
+    """PE[t, 2i] = sin(t / 10000^(2i/d)), PE[t, 2i+1] = cos(t / 10000^(2i/d)) (Vaswani et al.)."""
+    pe = sinusoidal_encoding(24, d_model).double().numpy()
+    t = np.arange(24)[:, None]
+    i = np.arange(d_model)[None, :]
+    angle = t / 10000.0 ** ((i - i % 2) / d_model)
+    expected = np.where(i % 2 == 0, np.sin(angle), np.cos(angle))
+    np.testing.assert_allclose(pe, expected, atol=2e-5)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from brevitas.core.function_wrapper import Identity
 from brevitas.core.quant import IntQuant
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from brevitas_apq.export import export_qonnx_model, run_qonnx
@@ -159,8 +159,10 @@ def test_apq_picks_sq_on_symmetric_and_aq_on_skewed_data():
 
 
 def test_apq_threshold_is_respected():
-    x = torch.tensor([-1.0, 1.5])  # S = 0.2
-    assert make_core("apq", 8, symmetry_threshold=0.25)(x) and True
+    x = torch.tensor([-1.0, 1.5])
+    probe = make_core("apq", 8, symmetry_threshold=0.25)
+    probe(x)
+    assert float(probe.symmetry) == pytest.approx(0.2)  # the S the thresholds are compared with
     low = make_core("apq", 8, symmetry_threshold=0.1)
     high = make_core("apq", 8, symmetry_threshold=0.25)
     low(x), high(x)
@@ -220,6 +222,170 @@ def test_calls_within_one_mini_batch_share_one_range_and_scale():
     core(torch.tensor([0.0]))  # commits the previous mini-batch: union [-4, 4] into the EMA
     assert len(core.record) == 2
     assert float(core.running_max) == pytest.approx(0.9 * 1.0 + 0.1 * 4.0)
+
+
+# --- the running-statistics path (activations), as properties ---------------------------------
+
+#: Magnitudes from 1e-30 to 1e30 (no subnormals, no overflow of hi - lo), zeros included.
+_BIG, _SMALL = float(np.float32(1e30)), float(np.float32(1e-30))
+_finite = st.floats(
+    -_BIG, _BIG, allow_nan=False, allow_infinity=False, allow_subnormal=False, width=32
+)
+_special = st.sampled_from([0.0, -0.0, _BIG, -_BIG, _SMALL, -_SMALL, 1.0, -1.0])
+#: One call of a quantiser: random values, a constant tensor, or values with extremes mixed in.
+_call = st.one_of(
+    st.lists(_finite, min_size=1, max_size=16),
+    st.builds(lambda v, n: [v] * n, st.one_of(_finite, _special), st.integers(1, 8)),
+    st.lists(st.one_of(_finite, _special), min_size=1, max_size=16),
+)
+#: Mini-batches of one to three calls each (a quantiser shared by both inputs of an add).
+_batches = st.lists(st.lists(_call, min_size=1, max_size=3), min_size=1, max_size=8)
+_grids = st.sampled_from([(True, False), (True, True), (False, False)])  # (signed, narrow)
+
+
+def assert_on_grid(core, x, y, scale, zero_point) -> None:
+    """y is s·(q - z) for integers q in the grid, z is an integer in the grid, and inside the
+    grid's range y is within half a step of x."""
+    lo, hi = float(core.min_int), float(core.max_int)
+    s, z = float(scale), float(zero_point)
+    assert math.isfinite(s) and s > 0
+    assert z == round(z) and lo <= z <= hi
+    q = y.double() / s + z
+    assert bool(((q - q.round()).abs() <= 1e-2).all()), q  # float32 y: |q| * 6e-8 off at most
+    assert bool(((q >= lo - 1e-2) & (q <= hi + 1e-2)).all()), (q.min(), q.max(), lo, hi)
+    inside = (x.double() >= (lo - z) * s) & (x.double() <= (hi - z) * s)
+    err = (y.double() - x.double()).abs()[inside]
+    assert bool((err <= s / 2 * (1 + 1e-4) + 1e-6 * float(x.abs().max())).all())
+
+
+def feed_batches(core, batches) -> list[tuple]:
+    """Every call in training mode, ``mark_batch`` after each mini-batch; the outputs."""
+    out = []
+    for batch in batches:
+        for values in batch:
+            x = torch.tensor(values, dtype=torch.float32)
+            out.append((x, *core(x)[:3]))
+        mark_batch()
+    return out
+
+
+def running_reference(batches, momentum) -> tuple[float, float]:
+    """The documented statistics: the first mini-batch's range (union of its calls), then an
+    exponential moving average of each mini-batch's min and max with weight ``momentum``."""
+    ref = None
+    for batch in batches:
+        lo = min(min(values) for values in batch)
+        hi = max(max(values) for values in batch)
+        if ref is None:
+            ref = (lo, hi)
+        else:
+            ref = (ref[0] + momentum * (lo - ref[0]), ref[1] + momentum * (hi - ref[1]))
+    return ref
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    batches=_batches,
+    scheme=st.sampled_from(["sq", "aq", "apq"]),
+    bits=st.integers(2, 16),
+    grid=_grids,
+    momentum=st.sampled_from([0.1, 0.5, 1.0]),
+    threshold=st.sampled_from([0.0, 0.1, 0.5]),
+)
+def test_running_statistics_quantiser_properties(batches, scheme, bits, grid, momentum, threshold):
+    """Activation quantisers over random mini-batches with constants, extremes and zeros:
+    outputs on the grid and in range in training and in eval, integer zero points in the grid
+    (0 for SQ), the running range the documented moving average, S the symmetry metric of the
+    running range, APQ's decision the paper's rule, and eval independent of its input."""
+    signed, narrow = grid
+    core = make_core(
+        scheme, bits, narrow=narrow, signed=signed, runtime_stats=True,
+        stats_momentum=momentum, symmetry_threshold=threshold, decision_rule="paper",
+    )  # fmt: skip
+    for x, y, scale, zero_point in feed_batches(core, batches):
+        assert_on_grid(core, x, y, scale, zero_point)
+        if scheme == "sq":
+            assert float(zero_point) == 0.0
+    core.eval()  # commits the last mini-batch
+    assert len(core.record) == int(core.num_updates) == len(batches)
+    ref_lo, ref_hi = running_reference(batches, momentum)
+    tol = 1e-5 * max(abs(v) for batch in batches for values in batch for v in values) + 1e-30
+    assert float(core.running_min) == pytest.approx(ref_lo, rel=1e-5, abs=tol)
+    assert float(core.running_max) == pytest.approx(ref_hi, rel=1e-5, abs=tol)
+    assert float(core.running_min) <= float(core.running_max)
+    s = float(core.symmetry)
+    assert s == float(symmetry_metric(core.running_min, core.running_max)) and 0 <= s <= 1
+    assert core.record.rows()[-1][1] == pytest.approx(s)
+    expected = {"sq": "SQ", "aq": "AQ", "apq": "AQ" if s > threshold else "SQ"}[scheme]
+    assert core.scheme == expected
+    probes = [torch.tensor(values, dtype=torch.float32) for batch in batches for values in batch]
+    frozen = {(float(out[1]), float(out[2])) for out in map(core, probes)}
+    assert len(frozen) == 1  # one scale and zero point, whatever the input
+    for x in probes:
+        y, scale, zero_point, _ = core(x)
+        assert_on_grid(core, x, y, scale, zero_point)
+        assert (scale, zero_point) == core.scale_zero_point(core.running_min, core.running_max)
+
+
+@settings(max_examples=50, deadline=None)
+@given(batches=_batches.filter(lambda b: len(b) >= 2), bits=st.integers(2, 16))
+def test_calls_of_a_mini_batch_share_the_history_scale(batches, bits):
+    """After the first mini-batch, every call of a mini-batch uses the running range of the
+    earlier ones: one scale and zero point per mini-batch, whatever each call's input."""
+    core = make_core("apq", bits, runtime_stats=True)
+    outputs = []
+    for batch in batches:
+        outputs.append({(float(s), float(z)) for _, _, s, z in feed_batches(core, [batch])})
+    assert all(len(pairs) == 1 for pairs in outputs[1:])
+
+
+@settings(max_examples=80, deadline=None)
+@given(batches=_batches, bits=st.integers(2, 16), narrow=st.booleans())
+def test_sq_step_over_aq_step_is_one_plus_s_on_the_running_range(batches, bits, narrow):
+    """The documented meaning of S: on the running range [lo, hi], SQ's step is (1 + S) times
+    AQ's, up to the grid-size factor (max_int - min_int) / (2 max_int)."""
+    core = make_core("apq", bits, narrow=narrow, runtime_stats=True)
+    feed_batches(core, batches)
+    core.eval()
+    lo, hi = core.running_min, core.running_max
+    # ranges so narrow that a scale hits the float32 floor (finfo.tiny) have no step ratio
+    width = float(torch.maximum(hi, torch.zeros(())) - torch.minimum(lo, torch.zeros(())))
+    tiny = float(torch.finfo(torch.float32).tiny)
+    assume(width / float(core.max_int - core.min_int) > 4 * tiny)
+    s = float(symmetry_metric(lo, hi))
+    core.use_zero_point.fill_(False)
+    sq = float(core.scale_zero_point(lo, hi)[0])
+    core.use_zero_point.fill_(True)
+    aq = float(core.scale_zero_point(lo, hi)[0])
+    factor = float(core.max_int - core.min_int) / (2 * float(core.max_int))
+    assert sq / aq == pytest.approx((1 + s) * factor, rel=1e-5)
+
+
+@pytest.mark.parametrize("scheme", ["sq", "aq"])
+@pytest.mark.parametrize("bits", [2, 4, 8, 16])
+def test_running_quantiser_rounds_exact_ties_half_to_even(scheme, bits):
+    """A running range whose step is a power of two, then inputs exactly on every half step
+    (k + 1/2 - z)·s of the grid: each rounds half to even, ends clip."""
+    core = make_core(scheme, bits, runtime_stats=True)
+    lo_int, hi_int = int(core.min_int), int(core.max_int)
+    step = 2.0**-3
+    if scheme == "sq":
+        lo, hi = -hi_int * step, hi_int * step
+    else:  # (hi - lo) / (max_int - min_int) = step, zero point min_int - lo / step
+        lo = -step
+        hi = lo + (hi_int - lo_int) * step
+    core(torch.tensor([lo, hi]))
+    core.eval()
+    scale, zero_point = core.scale_zero_point(core.running_min, core.running_max)
+    assert float(scale) == step
+    assert float(zero_point) == (0.0 if scheme == "sq" else lo_int + 1)
+    z = float(zero_point)
+    k = torch.arange(lo_int - 2, hi_int + 2, dtype=torch.float64)
+    x = ((k + 0.5 - z) * step).to(torch.float32)
+    y, _, _, _ = core(x)
+    levels = (y.double() / step + z).numpy()
+    expected = np.clip(np.round(k.numpy() + 0.5), lo_int, hi_int)  # numpy: half to even
+    np.testing.assert_array_equal(levels, expected)
 
 
 def test_optimizer_steps_end_mini_batches():

@@ -199,3 +199,16 @@ def test_cli_rejects_bad_run_dir(tmp_path):
         assert "not a finished run directory" in result.output
     result = runner.invoke(app, ["sensitivity", str(tmp_path), "--low", "8", "--high", "4"])
     assert result.exit_code == 2
+
+
+def test_configurations_of_some_layers():
+    from brevitas_apq.sensitivity import check_layers
+
+    configs = configurations(PLAN, 4, 8, layers=("L1", "L8"))
+    assert sorted(configs) == sorted(
+        [BASE_HIGH, BASE_LOW, "L1-low", "L1-high", "L8-low", "L8-high"]
+    )
+    assert configs["L1-low"].layers["L1"].weight.bits == 4
+    assert configs["L1-low"].layers["L2"].weight.bits == 8  # the rest of the model stays high
+    with pytest.raises(ValueError, match=r"layers=\['L0'\]: unknown L0"):
+        check_layers(["L0"])

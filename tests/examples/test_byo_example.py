@@ -22,28 +22,48 @@ def test_byo_example_quick(tmp_path, capsys):
     out = capsys.readouterr().out
 
     assert (tmp_path / "byo_model.onnx").is_file()
-    # The exported graph computes what the Brevitas model computes (up to float32 rounding
-    # ties, far below one quantisation step of the output).
-    assert result["max_abs_diff"] < 1e-3
-    assert result["rmse"] == result["rmse"]  # finite, not NaN
+    # The exported graph computes exactly what the Brevitas model computes.
+    assert result["max_abs_diff"] == 0.0
+    assert result["rmse"] < result["persistence_rmse"]  # it learned something, finite
     assert "scheme decisions" in out
-    # Plan-driven and directly configured quantisers are all there, each with a decision.
-    for name in ("inp.act_quant", "conv1.weight_quant", "conv2.output_quant", "head.weight_quant"):
+    # Quantisers from the glob patterns and the exact names, each with a decision.
+    for name in (
+        "inp.act_quant",
+        "conv1.weight_quant",
+        "conv2.output_quant",
+        "head.2.weight_quant",
+    ):
         assert name in out
-    assert "max abs diff" in out
+    assert "max abs diff" in out and "integer ops" in out
+    assert result["int_ops"] > 0 and result["model_size_bits"] > 0
+    # the plan used is saved beside the model, and it is the example's
+    assert example.ModulePlan.from_yaml(tmp_path / "plan.yaml") == example.PLAN
 
 
-def test_byo_model_follows_the_plan():
+def test_byo_model_follows_the_plan(tmp_path):
+    import torch
+
     example = _load_example()
-    plan = example.BitPlan.from_presets("mixed-4-8", "sq-apq")
-    model = example.ConvRegressor(3, 24, plan)
-    # L1 at 4 bits, L8 at 8 (mixed-4-8); the second conv's injectors given directly.
+    float_model = example.ConvRegressor(3, 24)
+    model = example.brevitas_apq.quantize(float_model, example.PLAN)
+    assert isinstance(float_model.conv1, torch.nn.Conv1d) and not hasattr(
+        float_model.conv1, "weight_quant"
+    )
+    # "conv*": 4-bit weights; "head.*" and the exact head.2: 8 bits
     assert int(model.conv1.quant_weight().bit_width) == 4
-    assert int(model.head.quant_weight().bit_width) == 8
     assert int(model.conv2.quant_weight().bit_width) == 4
+    assert int(model.head[0].quant_weight().bit_width) == 8
+    assert int(model.head[2].quant_weight().bit_width) == 8
+    # the exact name wins entirely: head.2 has the output quantiser, head.0 (glob) has none
+    assert model.head[2].output_quant.is_quant_enabled
+    assert not model.head[0].output_quant.is_quant_enabled
     decisions = example.scheme_decisions(model)
     assert set(decisions.values()) <= {"SQ", "AQ"}
-    assert "relu1.act_quant" in decisions
+    assert {"relu1.act_quant", "head.1.act_quant", "flat.act_quant"} <= set(decisions)
+    # a plan file of the user's own replaces the example's
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("modules: {'conv*': {weight: 3}, inp: {act: 8}, 'relu*': {act: 8}}\n")
+    assert int(example.brevitas_apq.quantize(float_model, plan).conv2.quant_weight().bit_width) == 3
 
 
 def test_byo_model_builds_with_finn_and_emulates_exactly(tmp_path):

@@ -19,6 +19,7 @@ def load(name: str):
 
 
 @pytest.mark.finn
+@pytest.mark.timeout(1800)  # training, export and a FINN build with emulation
 def test_quickstart_example_trains_exports_builds_and_emulates(tmp_path):
     out = load("quickstart").main(["--out", str(tmp_path / "run"), "--quick"])
     assert out["export"]["passed"]

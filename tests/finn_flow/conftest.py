@@ -14,15 +14,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 import finn_flow_models as models
 
 
-def pytest_collection_modifyitems(config, items):
-    if os.environ.get("XILINX_VIVADO"):
-        return
-    skip = pytest.mark.skip(reason="needs Xilinx Vivado/Vitis HLS: XILINX_VIVADO is not set")
-    for item in items:
-        if "vivado" in item.keywords:
-            item.add_marker(skip)
-
-
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("finn_flow_models")

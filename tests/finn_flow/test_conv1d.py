@@ -116,20 +116,23 @@ def test_transformer_graph_unchanged(transformer_model):
     assert after.model.SerializeToString() == model.model.SerializeToString()
 
 
-def test_conv2d_fails_cleanly(tmp_path):
-    class C2(nn.Module):
+def test_grouped_conv1d_fails_cleanly(tmp_path):
+    """A grouped 1D conv is not lowered: a FinnFlowError naming the node and the fix (2D
+    convolutions build: test_conv2d.py)."""
+
+    class Grouped(nn.Module):
         def __init__(self):
             super().__init__()
             self.inp = qnn.QuantIdentity(act_quant=Int8ActPerTensorFloat, return_quant_tensor=True)
-            self.c = qnn.QuantConv2d(
-                2, 4, 3, weight_quant=Int8WeightPerTensorFloat, bias_quant=Int8Bias
+            self.c = qnn.QuantConv1d(
+                4, 4, 3, groups=2, weight_quant=Int8WeightPerTensorFloat, bias_quant=Int8Bias
             )
 
         def forward(self, x):
             return self.c(self.inp(x))
 
-    model = C2()
-    models.calibrate(model, (4, 2, 6, 6))
-    path = models.export(model, (1, 2, 6, 6), tmp_path / "c2d.onnx")
-    with pytest.raises(FinnFlowError, match="convolution"):
+    model = Grouped()
+    models.calibrate(model, (4, 4, 12))
+    path = models.export(model, (1, 4, 12), tmp_path / "grouped.onnx")
+    with pytest.raises(FinnFlowError, match=r"Conv '/c/Conv': 1D convolution .*groups=1"):
         build(path, tmp_path / "out", quiet=True)

@@ -557,12 +557,13 @@ def test_find_hw_model(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # measured 865 s with a cold kernel cache on a busy 2-core machine
 def test_transformer_build_cppsim(toolchain, model_dir, tmp_path):
     """A built Transformer (layer norm) through cppsim: every HLS node compiles and runs.
 
-    Integer HLS nodes are bit-exact; LayerNorm_hls is float (and ignores epsilon, see above);
-    attention shows its threshold-comparison difference; pooling is reported, not asserted
-    (finn-plus's GlobalAccPool_hls assumes square images; the flow is replacing it).
+    Integer HLS nodes and attention (with finn_flow.finn_fixes' comparison) are bit-exact,
+    LayerNorm_hls differs by float32 rounding only; a node type without an expectation here
+    fails the test instead of passing unchecked.
     """
     import finn_flow_models as models
 
@@ -588,9 +589,12 @@ def test_transformer_build_cppsim(toolchain, model_dir, tmp_path):
     assert len(result.compile.kernels) == sum(n.level == "cppsim" for n in result.nodes) > 0
     for node in result.nodes:
         kind = node.op_type
-        if node.level == "python" or kind.startswith(BIT_EXACT_OPS):
+        if node.level == "python" or kind.startswith((*BIT_EXACT_OPS, "ScaledDotProduct")):
             assert node.max_abs_diff == 0.0, node
         elif kind.startswith("LayerNorm"):
             assert node.max_abs_diff < 1e-3, node
-        elif kind.startswith("ScaledDotProductAttention"):
-            assert node.max_abs_diff <= 2.0, node
+        else:
+            pytest.fail(f"no expectation for {kind} ({node.name}, level {node.level})")
+    # measured: 0 and 2.98e-08 (the software output scaling in float32)
+    assert result.max_abs_diff_vs_python == 0.0
+    assert result.max_abs_diff_vs_qonnx <= 1e-6

@@ -7,7 +7,6 @@ import os
 import sys
 
 import finn_flow_models as models
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -17,7 +16,7 @@ pytest.importorskip("finn")
 from finn_flow.boards import BOARDS, resolve_target
 from finn_flow.build import build, flow_steps
 from finn_flow.errors import FinnFlowError, FinnFlowWarning
-from finn_flow.no_vivado import finn_session, vivado_available
+from finn_flow.no_vivado import finn_session
 
 pytestmark = pytest.mark.finn
 
@@ -66,7 +65,9 @@ def test_transformer_estimate_flow_emulation_matches_qonnx(transformer_model, tm
     src = summary["resource_sources"]
     for key in ("LUT", "BRAM_18K", "DSP"):
         assert src["finn"][key] + src["analytical"][key] == pytest.approx(summary[key])
-    assert src["analytical"]["LUT"] == attn[0]["analytical_estimate"]["LUT"]
+    # attention plus the adds and forks (finn_flow.glue_estimate)
+    analytical = [n["analytical_estimate"] for n in summary["nodes_not_estimated_by_finn"]]
+    assert src["analytical"]["LUT"] == sum(e["LUT"] for e in analytical if e)
     assert "FINN-T post-synthesis" in src["analytical_method"][0] and src["synthesis"] is None
     assert (tmp_path / "tf" / "report" / "estimate_attention_analytical.json").is_file()
 
@@ -142,7 +143,7 @@ def test_session_restores_environment_and_streams(tmp_path):
 def test_step_lists():
     est = flow_steps(full=False)
     full = flow_steps(full=True)
-    assert est[:2] == ["step_conv1d_to_channels_last", "step_lower_zero_points"]
+    assert est[:2] == ["step_prepare_convs", "step_lower_zero_points"]
     assert est[-1] == "step_hw_codegen"
     assert "step_convert_to_hw_transformer" in est and "step_specialize_layers" in est
     for name in (
@@ -156,14 +157,12 @@ def test_step_lists():
 
 @pytest.mark.vivado
 def test_full_flow_with_vivado(mlp_model, tmp_path):
-    assert vivado_available()
     path, shape = mlp_model
     summary = build(
         path, tmp_path / "full", emulation_inputs=models.random_inputs(shape, 2), full=True
     )
     assert (tmp_path / "full" / "deploy" / "bitfile").is_dir()
-    assert summary["flow"] == "full"
-    _ = np  # keep numpy import used in all configurations
+    assert summary["flow"] == "full" and summary["emulation"]["passed"]
 
 
 def test_unknown_node_domain_is_refused_before_import(tmp_path, monkeypatch):

@@ -447,6 +447,7 @@ def _quickstart_node_inputs(work: Path, n_windows: int):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # Verilator builds of every RTL node (cold cache: minutes each)
 @needs_verilator
 @pytest.mark.skipif(
     not (QUICKSTART / "finn" / "intermediate_models" / "dataflow_parent.onnx").is_file(),
