@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
+from brevitas_apq.data import DataSpec
 from brevitas_apq.models import ModelConfig, TimeSeriesTransformer
 from brevitas_apq.plans import BitPlan
-from brevitas_apq.training import DataSpec
 
 
 def epoch_seconds(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, batch: int) -> float:

@@ -1,4 +1,10 @@
-"""The ``apq`` command line (typer)."""
+"""The ``apq`` command line (typer): the commands, their options and the checks of options
+that are each valid but not together. The work is done in the library (``training``,
+``experiments``, ``sensitivity``, ``search``, ``finn_bridge``, ...); the tables the commands
+print are in ``brevitas_apq.report``.
+
+Every command turns the project's own errors into one line and exit code 2 (``_clean_errors``).
+"""
 
 from __future__ import annotations
 
@@ -11,12 +17,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
-from brevitas_apq import __version__
+from brevitas_apq import __version__, report
 from brevitas_apq.errors import APQError, ConfigError, RunError
+from brevitas_apq.report import console, err_console
 
 app = typer.Typer(
     name="apq",
@@ -25,8 +30,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
 
 
 def _version(value: bool) -> None:
@@ -174,7 +177,7 @@ def _data_spec(
     na_values,
 ):
     """The DataSpec of the shared data options."""
-    from brevitas_apq.training import DataSpec
+    from brevitas_apq.data import DataSpec
 
     options = _csv_options(
         target, timestamp, timestamp_format, features, delimiter, decimal, na_values
@@ -186,61 +189,9 @@ def _model_options(d_model, heads, ffn_dim, norm) -> dict[str, object]:
     return {"d_model": d_model, "n_heads": heads, "ffn_dim": ffn_dim, "norm": norm}
 
 
-def print_metrics(metrics: dict, title: str) -> None:
-    """Print a run's summary table and its data warnings; a degenerate model
-    (``brevitas_apq.health``: constant or non-finite output, a collapsed quantiser) is marked in
-    the table, its reasons are printed, and the command ends with exit code 1."""
-    from rich.markup import escape
-
-    from brevitas_apq.health import degenerate_reasons
-
-    degenerate = degenerate_reasons(metrics)
-    flag = " [bold red]DEGENERATE[/]" if degenerate else ""
-    table = Table(title=title, show_header=True)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    rows = [
-        ("plan", metrics["plan"]),
-        ("data set / target", f"{metrics['dataset']} / {metrics['target']}"),
-        ("model predicts", metrics.get("predict", "level")),
-        (
-            "windows train / val / test",
-            f"{metrics['n_train']} / {metrics['n_val']} / {metrics['n_test']}",
-        ),
-        ("model check", "[bold red]DEGENERATE: see below[/]" if degenerate else "ok"),
-        ("QAT test RMSE", f"{metrics['rmse']:.3f}"),
-        ("QAT test MAE", f"{metrics['mae']:.3f}"),
-        ("QAT test RMSE (normalised)", f"{metrics['rmse_normalised']:.5f}"),
-        ("float test RMSE", f"{metrics['float_rmse']:.3f}"),
-        ("persistence test RMSE", f"{metrics['persistence_rmse']:.3f}"),
-        ("QAT RMSE vs float", f"{100 * metrics['rmse_vs_float']:+.2f} %{flag}"),
-        ("model size (bits)", f"{metrics['model_size_bits']:,}"),
-        ("float model size (bits)", f"{metrics['float_model_size_bits']:,}"),
-        (
-            "quantisers using AQ",
-            f"{sum(v == 'AQ' for v in metrics['schemes'].values())} of {len(metrics['schemes'])}",
-        ),
-        ("epochs (float + QAT)", f"{metrics['float_epochs_run']} + {metrics['qat_epochs_run']}"),
-        ("training time (s)", f"{metrics['train_seconds']:.1f}"),
-    ]
-    for key in ("int_ops", "zero_point_ops"):
-        if key in metrics:
-            rows.append((key.replace("_", " "), f"{metrics[key]:,}"))
-    export = metrics.get("export")
-    if export:
-        rows.append(("QONNX vs Brevitas max |diff|", f"{export['max_abs_diff']:.2e}"))
-    for name, value in rows:
-        table.add_row(name, str(value))
-    console.print(table)
-    for warning in metrics.get("data_warnings", []):
-        err_console.print(f"[bold yellow]data warning:[/] {escape(warning)}", emoji=False)
-    if degenerate:
-        err_console.print(
-            "[bold red]error:[/] degenerate model: its RMSE is not that of a forecast "
-            "(metrics.json 'degenerate'); retrain, e.g. with a lower --qat-lr or more epochs:"
-        )
-        for reason in degenerate:
-            err_console.print(f"  {escape(reason)}", emoji=False)
+def _print_metrics(metrics: dict, title: str) -> None:
+    """The run's table (``report.print_metrics``); exit code 1 for a degenerate model."""
+    if report.print_metrics(metrics, title):
         raise typer.Exit(1)
 
 
@@ -372,7 +323,7 @@ def train(
         overwrite=overwrite,
         progress=progress,
     )
-    print_metrics(metrics, f"apq train: {out}")
+    _print_metrics(metrics, f"apq train: {out}")
 
 
 @app.command("export")
@@ -428,7 +379,8 @@ def quickstart(
     from brevitas_apq.export import export_run
     from brevitas_apq.io import write_json
     from brevitas_apq.plans import BitPlan
-    from brevitas_apq.training import CHECKPOINT, TrainConfig, train_run
+    from brevitas_apq.rundir import CHECKPOINT, METRICS_FILE
+    from brevitas_apq.training import TrainConfig, train_run
 
     metrics = train_run(
         out,
@@ -439,8 +391,8 @@ def quickstart(
         progress=progress,
     )
     metrics["export"] = export_run(out)
-    write_json(out / "metrics.json", metrics)
-    print_metrics(metrics, f"apq quickstart: {out}")
+    write_json(out / METRICS_FILE, metrics)
+    _print_metrics(metrics, f"apq quickstart: {out}")
     if not metrics["export"]["passed"]:
         raise typer.Exit(1)
     if finn:
@@ -460,10 +412,10 @@ def _quickstart_finn(run_dir: Path) -> None:
     if importlib.util.find_spec("finn") is None:
         err_console.print("[yellow]finn-plus is not installed: FINN estimate skipped[/]")
         return
-    from brevitas_apq.finn_bridge import build_run, summary_table
+    from brevitas_apq.finn_bridge import build_run
     from brevitas_apq.io import read_json
-    from finn_flow.cppsim import HlsToolchain
     from finn_flow.errors import EmulationMismatchError, FinnFlowError
+    from finn_flow.hls_toolchain import HlsToolchain
 
     cppsim = QUICKSTART_CPPSIM_WINDOWS
     try:
@@ -477,7 +429,7 @@ def _quickstart_finn(run_dir: Path) -> None:
     except EmulationMismatchError as err:
         summary, failure = read_json(run_dir / "finn" / "summary.json"), err
     board = summary.get("board", "Pynq-Z1")
-    console.print(summary_table(summary, f"apq quickstart: FINN estimate, {board}"))
+    console.print(report.summary_table(summary, f"apq quickstart: FINN estimate, {board}"))
     console.print(f"FINN reports in {run_dir / 'finn' / 'report'}")
     if failure is not None:
         err_console.print(f"[bold red]error:[/] {failure}")
@@ -488,9 +440,9 @@ def _quickstart_finn(run_dir: Path) -> None:
 @_clean_errors
 def show(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
     """Print the summary table of a finished run."""
-    from brevitas_apq.training import check_finished
+    from brevitas_apq.rundir import check_finished
 
-    print_metrics(check_finished(run_dir), str(run_dir))
+    _print_metrics(check_finished(run_dir), str(run_dir))
 
 
 # --- apq reproduce (brevitas_apq.experiments) --------------------------------------------------
@@ -615,25 +567,8 @@ def reproduce(
         progress=progress,
         log=lambda line: console.print(line, highlight=False),
     )
-    if len(result.table):
-        table = Table(title=f"apq reproduce: {out} ({result.seconds:.0f} s)")
-        for column in ("configuration", "seeds", "RMSE", "± std", "vs float", "size (bits)"):
-            table.add_column(column, justify="left" if column == "configuration" else "right")
-        for _, r in result.table.iterrows():
-            table.add_row(
-                str(r["config"]),
-                str(int(r["seeds"])),
-                f"{r['rmse_mean']:.3f}",
-                "" if r["rmse_std"] != r["rmse_std"] else f"{r['rmse_std']:.3f}",
-                f"{100 * r['rmse_vs_float_mean']:+.2f} %",
-                f"{r['model_size_bits']:,.0f}",
-            )
-        console.print(table)
-    console.print(f"wrote {out / 'results.md'}, results.csv, stability.csv and plots")
+    report.print_grid(result, out)
     if result.failed:
-        err_console.print(f"[bold red]{len(result.failed)} run(s) failed:[/]")
-        for path, error in result.failed.items():
-            err_console.print(f"  {path}: {error.strip().splitlines()[-1]}")
         raise typer.Exit(1)
 
 
@@ -650,57 +585,12 @@ def analyze(
 
     from brevitas_apq.analysis import float_size_bits, operation_counts, size_summary
     from brevitas_apq.io import write_csv
-    from brevitas_apq.training import load_run
+    from brevitas_apq.rundir import load_run
 
     float_model, quant_model, _ = load_run(run_dir)
     ops = operation_counts(quant_model)
-    rows = ops["per_layer"]
-    total = {
-        "layer": "total",
-        **{k: "" for k in ("kind", "shape", "a", "b", "mac_bits")},
-        **{k: sum(r[k] for r in rows) for k in ("macs", "adds", "zero_point_ops", "int_ops")},
-    }
-    write_csv(run_dir / "analysis.csv", pd.DataFrame([*rows, total]))
-    table = Table(title=f"apq analyze: {run_dir} (one inference, window {ops['window']})")
-    for col, justify in [
-        ("layer", "left"),
-        ("shape", "left"),
-        ("a", "left"),
-        ("b", "left"),
-        ("MACs", "right"),
-        ("adds", "right"),
-        ("zp ops", "right"),
-        ("int ops", "right"),
-    ]:
-        table.add_column(col, justify=justify)
-    for r in [*rows, total]:
-        table.add_row(
-            r["layer"],
-            r["shape"],
-            r["a"],
-            r["b"],
-            f"{r['macs']:,}",
-            f"{r['adds']:,}",
-            f"{r['zero_point_ops']:,}",
-            f"{r['int_ops']:,}",
-            end_section=r is rows[-1],
-        )
-    console.print(table)
-    console.print(
-        "MACs by operand bits: "
-        + ", ".join(f"{k}: {v:,}" for k, v in ops["macs_by_bits"].items())
-        + f"; zero-point overhead {100 * ops['zero_point_ops'] / ops['int_ops']:.2f} % of int ops"
-    )
-    size = size_summary(quant_model)
-    flt = float_size_bits(float_model)
-    sizes = Table(title="model size")
-    sizes.add_column("part")
-    sizes.add_column("bits", justify="right")
-    for key in ("weight_bits", "bias_bits", "scale_bits", "zero_point_bits", "total_bits"):
-        sizes.add_row(key.removesuffix("_bits").replace("_", " "), f"{size[key]:,}")
-    sizes.add_row("float32 model", f"{flt:,}")
-    sizes.add_row("compression", f"{flt / size['total_bits']:.1f}x")
-    console.print(sizes)
+    write_csv(run_dir / "analysis.csv", pd.DataFrame(report.operation_rows(ops)))
+    report.print_analysis(run_dir, ops, size_summary(quant_model), float_size_bits(float_model))
     console.print(f"wrote {run_dir / 'analysis.csv'}")
 
 
@@ -746,42 +636,7 @@ def sensitivity(
     result = run_sensitivity(
         run_dir, settings, keep=keep, jobs=jobs, overwrite=overwrite, progress=progress
     )
-    base = result["baselines"]
-    table = Table(
-        title=f"apq sensitivity: {run_dir} (validation RMSE: all-{high} "
-        f"{base['base-high']['val_rmse']:.3f}, all-{low} {base['base-low']['val_rmse']:.3f})"
-    )
-    for col in (
-        "rank",
-        "layer",
-        f"RMSE {low}b (rest {high}b)",
-        "increase",
-        f"RMSE {high}b (rest {low}b)",
-        "decrease",
-        "score",
-    ):
-        table.add_column(col, justify="left" if col == "layer" else "right")
-    for r in result["table"].itertuples():
-        table.add_row(
-            str(r.rank),
-            r.layer,
-            f"{r.rmse_layer_low:.3f}",
-            f"{r.delta_low:+.3f}",
-            f"{r.rmse_layer_high:.3f}",
-            f"{r.delta_high:+.3f}",
-            f"{r.score:+.3f}",
-        )
-    console.print(table)
-    proposal = result["proposal"]
-    console.print(
-        f"proposed plan {result['plan'].name} (chosen on validation): validation RMSE "
-        f"{proposal['val_rmse']:.3f}, test RMSE {proposal['test_rmse']:.3f}, "
-        f"size {proposal['model_size_bits']:,} bits -> {result['plan_path']}"
-    )
-    console.print(
-        f"{len(result['computed'])} configurations computed, {len(result['skipped'])} reused "
-        f"from {result['out'] / 'configs'}"
-    )
+    report.print_sensitivity(run_dir, result, low, high)
 
 
 # --- apq search (brevitas_apq.search) ----------------------------------------------------------
@@ -882,42 +737,10 @@ def search(
         progress=progress,
         log=lambda line: console.print(line, highlight=False),
     )
-    pareto = result["pareto"]
-    table = Table(title=f"Pareto front of {study_name} ({len(result['trials'])} finished trials)")
-    for column in (
-        "trial",
-        "val RMSE",
-        "test RMSE",
-        "size (bits)",
-        "zero-point ops",
-        "bits L1-L8",
-        "act",
-        "schemes",
-    ):
-        table.add_column(column, justify="right")
-    for r in pareto.itertuples():
-        layer_bits = ",".join(str(getattr(r, f"bits_L{i}")) for i in range(1, 9))
-        table.add_row(
-            str(r.trial),
-            f"{r.val_rmse:.3f}",
-            f"{r.test_rmse:.3f}",
-            f"{r.model_size_bits:,.0f}",
-            f"{r.zero_point_ops:,.0f}",
-            layer_bits,
-            str(r.bits_act),
-            f"{r.weight_scheme}/{r.act_scheme}",
-        )
-    console.print(table)
-    console.print(f"study {study_name} in {result['storage']}; wrote {out / 'pareto.csv'}")
+    report.print_pareto(result, study_name, out)
 
 
 # --- apq build (FINN, brevitas_apq.finn_bridge) ---------------------------------------------
-
-
-def _print_finn_warnings(caught) -> None:
-    for w in caught:
-        if w.category.__name__ == "FinnFlowWarning":
-            err_console.print(f"[bold yellow]warning:[/] {w.message}")
 
 
 @app.command("build")
@@ -1025,7 +848,7 @@ def build_cmd(
     """
     import warnings
 
-    from brevitas_apq.finn_bridge import build_model, run_onnx, summary_table
+    from brevitas_apq.finn_bridge import build_model, run_onnx
     from brevitas_apq.io import read_json
     from finn_flow.errors import EmulationMismatchError
 
@@ -1089,8 +912,8 @@ def build_cmd(
             failure = None
         except EmulationMismatchError as err:
             summary, failure = read_json(out / "summary.json"), err
-    _print_finn_warnings(caught)
-    console.print(summary_table(summary))
+    report.print_finn_warnings(caught)
+    console.print(report.summary_table(summary))
     console.print(f"reports in {out / 'report'}, summary in {out / 'summary.json'}")
     fit = summary.get("fit")
     if failure is None and fit is not None and not fit["fits"]:

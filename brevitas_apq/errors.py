@@ -9,7 +9,7 @@ line and exit code 2; any other exception is a bug and keeps its traceback. ``AP
 Example::
 
     from brevitas_apq.errors import APQError
-    from brevitas_apq.training import load_run
+    from brevitas_apq.rundir import load_run
 
     try:
         load_run("runs/train")

@@ -41,11 +41,14 @@ import numpy as np
 import pandas as pd
 
 from brevitas_apq import io
+from brevitas_apq.data import DataSpec
 from brevitas_apq.errors import APQError
 from brevitas_apq.health import degenerate_reasons
 from brevitas_apq.models import ModelConfig
 from brevitas_apq.plans import BIT_PRESETS, SCHEME_PRESETS, BitPlan, PlanError
-from brevitas_apq.training import CHECKPOINT, DataSpec, TrainConfig
+from brevitas_apq.report import fmt
+from brevitas_apq.rundir import CHECKPOINT
+from brevitas_apq.training import TrainConfig
 
 # The paper's order of the scheme presets.
 GRID_SCHEMES = ("all-aq", "all-sq", "sq-aq", "sq-apq", "all-apq")
@@ -381,12 +384,6 @@ def aggregate(results: pd.DataFrame) -> pd.DataFrame:
     return agg
 
 
-def _fmt(value: Any, spec: str = ".3f") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return format(value, spec)
-
-
 def _mean_std(r: pd.Series, column: str, spec: str, scale: float = 1.0, unit: str = "") -> str:
     """``"mean ± std"`` of an aggregated column (``–`` where it is missing)."""
     mean = r.get(column)
@@ -433,11 +430,11 @@ def markdown_table(agg: pd.DataFrame, finn: bool = False) -> str:
             skill,
             f"{100 * r['rmse_vs_float_mean']:+.2f} %",
             f"{r['model_size_bits']:,.0f}",
-            _fmt(r["zero_point_ops"], ",.0f"),
+            fmt(r["zero_point_ops"], ",.0f"),
             apq,
             aq,
         ]
-        cells += [_fmt(r[c], ",.1f") for c in finn_cols]
+        cells += [fmt(r[c], ",.1f") for c in finn_cols]
         if flagged:
             n_bad = int(r["degenerate_runs"])
             cells.append(f"**DEGENERATE: {n_bad} of {int(r['seeds'])}**" if n_bad else "–")
@@ -772,12 +769,12 @@ def _finn_summaries(
     settings or another model is rebuilt, never reused.
     """
     from brevitas_apq import finn_bridge
-    from brevitas_apq.training import MODEL_FILE
+    from brevitas_apq.rundir import MODEL_FILE, fingerprint
 
     summaries = {}
     for run in results.loc[results.config != "float", "run_dir"]:
         run = Path(run)
-        key = {"board": board, "windows": 0, "model_sha256": io.file_sha256(run / MODEL_FILE)}
+        key = {"board": board, "windows": 0, "model_sha256": fingerprint(run / MODEL_FILE)}
         cache = run / f"finn_summary.{re.sub(r'[^A-Za-z0-9_.-]', '_', board)}.json"
         try:
             cached = io.read_json(cache) if cache.is_file() else None

@@ -79,7 +79,7 @@ def export_run(
     """
     from brevitas_apq import io
     from brevitas_apq.errors import ConfigError
-    from brevitas_apq.training import load_run
+    from brevitas_apq.rundir import load_run
 
     if not isinstance(n_windows, int) or n_windows < 1:
         raise ConfigError(f"n_windows={n_windows!r} is invalid; allowed: an integer >= 1")

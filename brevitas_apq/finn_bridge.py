@@ -8,7 +8,8 @@ This is the glue between the project's runs and :mod:`finn_flow` (finn-plus). Tw
 * :func:`build_model` -- an ONNX file, optionally with a run directory that supplies test
   windows and the Brevitas reference (``apq build``).
 
-Both return the summary dict (also written to ``OUT/summary.json``). Its main keys::
+Both return the summary dict (also written to ``OUT/summary.json``; ``apq`` prints it with
+``brevitas_apq.report.summary_table``). Its main keys::
 
     board, part, capacities{LUT, FF, BRAM_18K, URAM, DSP}
     LUT, BRAM_18K, URAM, DSP          FINN estimate + analytical attention estimate
@@ -43,13 +44,13 @@ DEFAULT_BOARD = "Pynq-Z1"
 DEFAULT_WINDOWS = 32
 DEFAULT_TOLERANCE = 1e-4
 
-__all__ = ["DEFAULT_BOARD", "build_model", "build_run", "load_inputs", "run_onnx", "summary_table"]
+__all__ = ["DEFAULT_BOARD", "build_model", "build_run", "load_inputs", "run_onnx"]
 
 
 def run_onnx(run_dir: str | Path, log: Callable[[str], None] | None = None) -> Path:
     """``RUN_DIR/model.onnx`` of a finished run (RunError otherwise), exported (and checked,
     ``export.json``) first when it is missing or older than the run's ``model.pt``."""
-    from brevitas_apq.training import MODEL_FILE, check_finished
+    from brevitas_apq.rundir import MODEL_FILE, check_finished
 
     run_dir = Path(run_dir)
     check_finished(run_dir)
@@ -70,7 +71,7 @@ def _run_reference(run_dir: Path, windows: int) -> dict[str, Any]:
     """Test windows, labels, Brevitas outputs and the target inverse of a finished run."""
     import torch
 
-    from brevitas_apq.training import load_run
+    from brevitas_apq.rundir import load_run
 
     _, quant_model, spec = load_run(run_dir)
     dataset = spec.load()
@@ -313,149 +314,3 @@ def build_run(
         hls_dir=hls_dir,
         jobs=jobs,
     )
-
-
-def _fmt(value: float | None, digits: int = 0) -> str:
-    if value is None:
-        return "-"
-    return f"{value:,.{digits}f}"
-
-
-def summary_table(summary: dict[str, Any], title: str | None = None):
-    """A rich renderable of a FINN summary: resources beside the board's capacity, speed,
-    emulation, then the nodes outside the partition / not estimated / with a float datapath."""
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
-    caps = summary.get("capacities", {})
-    name = summary.get("board") or summary.get("part")
-    table = Table(title=title or f"FINN estimate: {name} ({summary.get('part')})")
-    table.add_column("")
-    table.add_column("estimate (FINN + model)", justify="right")
-    table.add_column(f"{name}", justify="right")
-    table.add_column("use", justify="right")
-    for key in ("LUT", "BRAM_18K", "URAM", "DSP"):
-        cap = caps.get(key)
-        used = summary.get(key, 0.0)
-        share = f"{100 * used / cap:.1f} %" if cap else "-"
-        table.add_row(key, _fmt(used), _fmt(cap), share)
-    fps = summary.get("estimated_throughput_fps")
-    lat = summary.get("estimated_latency_ns")
-    clock = summary.get("clock_ns") or 10.0
-    table.add_row("inferences/s", _fmt(fps), f"{1e3 / clock:.0f} MHz", "")
-    table.add_row("latency (µs)", _fmt(lat / 1e3 if lat else None, 1), "", "")
-    emu = summary.get("emulation")
-    if emu:
-        status = "[green]ok[/]" if emu["passed"] else "[bold red]FAILED[/]"
-        table.add_row(
-            f"emulation |diff| QONNX ({emu['n_inputs']})",
-            f"{emu['max_abs_diff']:.1e}",
-            f"tol {emu['tolerance']:g}",
-            status,
-        )
-        if "max_abs_diff_vs_brevitas" in emu:
-            table.add_row("emulation |diff| Brevitas", f"{emu['max_abs_diff_vs_brevitas']:.1e}")
-            table.add_row(
-                "RMSE emulated / Brevitas",
-                f"{emu['rmse_target_units']:.3f}",
-                f"{emu['brevitas_rmse_target_units']:.3f}",
-                "target units",
-            )
-    else:
-        table.add_row("emulation", "skipped")
-    sim = summary.get("cppsim")
-    if sim:
-        status = "[green]ok[/]" if sim["passed"] else "[bold red]FAILED[/]"
-        table.add_row(
-            f"C++ sim |diff| Python ({sim['windows']})",
-            f"{sim['max_abs_diff_vs_python']:.1e}",
-            f"tol {sim['tolerance']:g}",
-            status,
-        )
-        table.add_row("C++ sim |diff| QONNX", f"{sim['max_abs_diff_vs_qonnx']:.1e}")
-        table.add_row(
-            "C++ compile / run (s)",
-            f"{sim['seconds']['compile']:.1f} / {sim['seconds']['run']:.1f}",
-            f"{sim['compiled']} built, {sim['cached']} cached",
-            "",
-        )
-    table.add_row("flow time (s)", f"{summary.get('flow_time_s', 0):.1f}", "", "")
-    lines = [f"flow: {summary.get('flow')}", _folding_line(summary)]
-    outside = summary.get("nodes_outside_dataflow_partition") or []
-    lines.append(
-        "outside the dataflow partition: "
-        + (", ".join(f"{n['op']} {n['name']}" for n in outside) or "none")
-    )
-    for node in summary.get("nodes_not_estimated_by_finn") or []:
-        est = node.get("analytical_estimate")
-        if est:
-            lines.append(
-                f"{node['node']}: FINN reports 0; {est.get('model', 'attention (fitted)')}: "
-                f"{_fmt(est['LUT'])} LUT, "
-                f"{est['BRAM_18K']} BRAM_18K, {est['DSP']} DSP (included above)"
-            )
-    unest = [
-        n["node"]
-        for n in summary.get("nodes_not_estimated_by_finn") or []
-        if not n.get("analytical_estimate")
-    ]
-    if unest:
-        lines.append("no FINN resource model (0, not included): " + ", ".join(unest))
-    floats = summary.get("float_datapath_nodes") or []
-    lines.append(
-        "float datapath in hardware: "
-        + (", ".join(n["name"] for n in floats) or "none (integer only)")
-    )
-    parts = [table, Text("\n".join(lines))]
-    if summary.get("verification"):
-        parts.append(verification_table(summary["verification"]))
-    return Group(*parts)
-
-
-def _folding_line(summary: dict[str, Any]) -> str:
-    """How the folding was chosen (finn_flow.fit), in one line."""
-    fit = summary.get("fit")
-    if fit is None:
-        if summary.get("target_fps"):
-            return f"folding: FINN's auto-folding for --target-fps {summary['target_fps']:,}"
-        return "folding: as given (--folding) or fully folded"
-    chosen = fit["chosen"]
-    if not fit["fits"]:
-        return (
-            f"folding: NO folding fits {fit['budget_source']} (estimates); built the smallest "
-            f"({chosen['LUT']:,.0f} LUT, {chosen['DSP']:,.0f} DSP, {chosen['BRAM_18K']:,.0f} "
-            f"BRAM_18K); binding resource: {fit['binding_resource']}"
-        )
-    return (
-        f"folding: the fastest of {fit['candidates_evaluated']} candidate foldings within "
-        f"{fit['budget_source']} (FINN + analytical estimates): {chosen['fps']:,.0f} "
-        f"inferences/s, bottleneck {chosen['bottleneck']}"
-    )
-
-
-def verification_table(entries: list[dict]):
-    """Hardware nodes by type: the deepest level they were checked at, the largest difference
-    (``summary["verification"]`` has one entry per node)."""
-    from rich.table import Table
-
-    groups: dict[tuple[str, str, str], list[dict]] = {}
-    for e in entries:
-        groups.setdefault((e["op_type"], e["level"], e.get("compared_with") or "-"), []).append(e)
-    table = Table(title="verification: deepest level per hardware node")
-    for column in ("node type", "nodes", "level", "max |diff|", "vs", "thresholds after"):
-        table.add_column(column, justify="right" if column in ("nodes", "max |diff|") else "left")
-    short = {"qonnx, whole graph": "QONNX (graph)", "python, node isolated": "Python (node)"}
-    for (op, level, against), group in groups.items():
-        diffs = [e["max_abs_diff"] for e in group if e["max_abs_diff"] is not None]
-        decisions = [e["decisions_changed"] for e in group if "decisions_changed" in e]
-        note = f"{sum(decisions)} decisions changed" if decisions else ""
-        table.add_row(
-            op,
-            str(len(group)),
-            level,
-            f"{max(diffs):.1e}" if diffs else "-",
-            short.get(against, against),
-            note,
-        )
-    return table

@@ -21,7 +21,6 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import pickle
@@ -82,15 +81,6 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def file_sha256(path: str | Path) -> str:
-    """The SHA-256 (hex) of a file's bytes, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def remove_stale_temps(folder: str | Path) -> list[Path]:
@@ -168,7 +158,14 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def write_json(path: str | Path, data: Any) -> Path:
-    return write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n")
+    return write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_plain) + "\n")
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as :func:`read_json` reads it back from :func:`write_json`'s file: tuples
+    become lists, numpy and torch scalars numbers, paths strings. Compare a value
+    with a saved one through it (``jsonable(plan.to_dict()) == saved["plan_spec"]``)."""
+    return json.loads(json.dumps(value, default=_plain))
 
 
 def write_csv(path: str | Path, frame) -> Path:
@@ -195,7 +192,8 @@ def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
     return Path(path)
 
 
-def _jsonable(value: Any) -> Any:
+def _plain(value: Any) -> Any:
+    """What JSON holds of a value ``json`` cannot write itself (its ``default`` hook)."""
     if hasattr(value, "item"):
         return value.item()
     if hasattr(value, "tolist"):

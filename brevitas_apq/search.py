@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -49,10 +48,12 @@ from typing import Any
 import pandas as pd
 
 from brevitas_apq import io
+from brevitas_apq.data import DataSpec
 from brevitas_apq.errors import APQError
 from brevitas_apq.health import degenerate_reasons
 from brevitas_apq.plans import ACTIVATIONS, LAYERS, UNSIGNED_ACTIVATIONS, BitPlan
-from brevitas_apq.training import CHECKPOINT, DataSpec, TrainConfig
+from brevitas_apq.rundir import CHECKPOINT, fingerprint
+from brevitas_apq.training import TrainConfig
 
 #: What the search minimises: validation RMSE (never the test split), size, zero-point ops.
 OBJECTIVES = ("val_rmse", "model_size_bits", "zero_point_ops")
@@ -159,11 +160,6 @@ def suggest_params(trial, space: SearchSpace) -> dict[str, Any]:
     return params
 
 
-def _digest(data: Any, n: int = 16) -> str:
-    text = json.dumps(data, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:n]
-
-
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """An exclusive ``flock`` on ``path`` (created if missing), released on exit."""
@@ -190,7 +186,9 @@ def float_model_dir(
     float_settings = {
         k: v for k, v in dataclasses.asdict(train).items() if k not in ("qat_epochs", "qat_lr")
     }
-    key = _digest({"data": data.to_dict(), "model": model_options or {}, "train": float_settings})
+    key = fingerprint(
+        {"data": data.to_dict(), "model": model_options or {}, "train": float_settings}, 16
+    )
     final = out / "float" / key
     if (final / "model.pt").is_file():
         return final
@@ -330,7 +328,8 @@ def open_study(storage: str, study_name: str, settings: dict[str, Any], sampler,
 
 def _validation_rmse(run: Path) -> float:
     """Validation RMSE of a finished run's quantised model (runs that predate ``val_rmse``)."""
-    from brevitas_apq.training import evaluate, load_run
+    from brevitas_apq.rundir import load_run
+    from brevitas_apq.training import evaluate
 
     _, quant_model, spec = load_run(run)
     return evaluate(quant_model, spec.load(), "val")["rmse"]
@@ -464,7 +463,7 @@ def search(
         plan = plan_from_params(
             params, space.threshold, name=f"search-{trial.number}", fixed_bits=space.max_bits
         )
-        key = _digest({"params": params, "settings": settings})
+        key = fingerprint({"params": params, "settings": settings}, 16)
         run = out / "trials" / key
         with file_lock(out / "trials" / f".{key}.lock"):
             metrics_path = run / "metrics.json"

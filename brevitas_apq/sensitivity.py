@@ -28,7 +28,6 @@ resume), ``sensitivity.csv``, ``sensitivity.png``, ``plan.yaml`` and ``summary.j
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import multiprocessing
 import time
@@ -44,19 +43,16 @@ from tqdm.auto import tqdm
 from brevitas_apq import io
 from brevitas_apq.analysis import model_size_bits, operation_counts
 from brevitas_apq.data import WindowedDataset
-from brevitas_apq.errors import ConfigError
+from brevitas_apq.errors import ConfigError, RunError
 from brevitas_apq.models import TimeSeriesTransformer
 from brevitas_apq.plans import LAYERS, BitPlan, LayerSpec
 from brevitas_apq.quant.validation import check_bit_width
+from brevitas_apq.rundir import CHECKPOINT, MODEL_FILE, fingerprint, load_run
 from brevitas_apq.training import (
-    CHECKPOINT,
-    MODEL_FILE,
-    RunError,
     TrainConfig,
     build_models,
     epoch_batches,
     evaluate,
-    load_run,
     train_epoch,
 )
 
@@ -276,11 +272,6 @@ def default_settings(run_dir: str | Path, **overrides: Any) -> SensitivitySettin
     return SensitivitySettings(**values)
 
 
-def _fingerprint(run_dir: Path) -> str:
-    """Hash of the run's model file: results of another run (or a retrained one) never mix."""
-    return io.file_sha256(run_dir / MODEL_FILE)[:16]
-
-
 def run_sensitivity(
     run_dir: str | Path,
     settings: SensitivitySettings | None = None,
@@ -312,7 +303,8 @@ def run_sensitivity(
     plan = quant_model.plan
     out = run_dir / OUT_DIR
     config_dir = out / "configs"
-    stamp = {**dataclasses.asdict(settings), "run": _fingerprint(run_dir)}
+    # the run's model file: results of another run (or a retrained one) never mix
+    stamp = {**dataclasses.asdict(settings), "run": fingerprint(run_dir / MODEL_FILE, 16)}
     configs = configurations(plan, settings.low, settings.high, layers)
 
     results: dict[str, dict] = {}
@@ -321,10 +313,11 @@ def run_sensitivity(
         path = config_dir / f"{name}.json"
         if path.is_file() and not overwrite:
             saved = io.read_json(path, fix="delete it (the configuration is then computed again)")
-            if saved.get("settings") != stamp or saved.get("plan_spec") != _jsonable(config_plan):
+            same_plan = saved.get("plan_spec") == io.jsonable(config_plan.to_dict())
+            if saved.get("settings") != stamp or not same_plan:
                 old = saved.get("settings") or {}
                 diff = {k: (old.get(k), v) for k, v in stamp.items() if old.get(k) != v}
-                if saved.get("plan_spec") != _jsonable(config_plan):
+                if not same_plan:
                     diff["plan"] = (saved.get("plan"), config_plan.name)
                 changes = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in diff.items())
                 raise RunError(
@@ -372,7 +365,7 @@ def run_sensitivity(
         saved = io.read_json(path, fix=fix) if path.is_file() and not overwrite else {}
         if (
             saved.get("settings") == stamp
-            and saved.get("plan_spec") == _jsonable(proposed)
+            and saved.get("plan_spec") == io.jsonable(proposed.to_dict())
             and "val_rmse" in saved
         ):
             proposal = saved
@@ -404,10 +397,6 @@ def run_sensitivity(
         "skipped": skipped,
         "out": out,
     }
-
-
-def _jsonable(plan: BitPlan) -> Any:
-    return json.loads(json.dumps(plan.to_dict()))
 
 
 def _brief(result: dict) -> dict:

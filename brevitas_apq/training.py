@@ -1,15 +1,9 @@
 """Training runs: float pre-training, then quantisation-aware training, resumable and seeded.
 
-``train_run`` is what ``apq train`` calls. One run directory holds everything::
-
-    checkpoint.pt   resumable state, written atomically after every epoch
-    model.pt        the final float and quantised weights with model config, plan and data spec
-    metrics.json    test metrics in target units, sizes, decisions and decision flips, timings,
-                    ``degenerate`` (brevitas_apq.health) and ``data_warnings``
-    plan.yaml       the plan in explicit form
-    history.csv     one row per epoch and phase
-    symmetry.csv    S and the scheme per APQ quantiser and training step
-    *.png           learning curves, forecast against truth, S over training
+``train_run`` is what ``apq train`` calls; it writes one run directory (its layout, the
+finished-run check, loading and fingerprints: ``brevitas_apq.rundir``; the data settings:
+``brevitas_apq.data.DataSpec``). Here: the epoch loop with early stopping and a cosine
+learning-rate schedule, evaluation in target units, and the metrics and plots of a run.
 
 Determinism: the model is initialised from ``seed`` and the batch order of every epoch is drawn
 from a generator seeded with ``(seed, phase, epoch)``, so nothing random lives outside the
@@ -27,15 +21,9 @@ the result is identical to a run that trained its own float model with the same 
 from __future__ import annotations
 
 import dataclasses
-import gzip
-import hashlib
 import json
-import lzma
 import math
-import shutil
 import time
-import zipfile
-import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,13 +37,7 @@ from tqdm.auto import tqdm
 
 from brevitas_apq import io, plots
 from brevitas_apq.analysis import float_size_bits, model_size_bits, operation_counts
-from brevitas_apq.data import (
-    PREDICT_MODES,
-    DataError,
-    WindowedDataset,
-    load_dataset,
-    prepare_dataset,
-)
+from brevitas_apq.data import DataSpec, WindowedDataset
 from brevitas_apq.errors import ConfigError, FileError, RunError
 from brevitas_apq.health import QuantizerWatch, output_problems
 from brevitas_apq.models import ModelConfig, TimeSeriesTransformer
@@ -66,38 +48,20 @@ from brevitas_apq.quant import (
     scheme_decisions,
     symmetry_history,
 )
-
-CHECKPOINT = "checkpoint.pt"
-MODEL_FILE = "model.pt"
-PHASES = ("float", "qat")
-EVAL_BATCH = 2048
-METRICS_FILE = "metrics.json"
-#: What a run directory holds besides its checkpoint: the results of ``_finish`` (metrics.json,
-#: the finished marker, is written last and removed first) and what ``apq export``, ``apq
-#: analyze`` and ``apq reproduce --finn`` derive from them. ``--overwrite`` removes them before
-#: training starts, and so does resuming an unfinished checkpoint: a run directory never shows
-#: an earlier run's results beside a newer checkpoint.
-RUN_OUTPUTS = (
+from brevitas_apq.rundir import (
+    CHECKPOINT,
     METRICS_FILE,
     MODEL_FILE,
-    "plan.yaml",
-    "history.csv",
-    "symmetry.csv",
-    "learning_curves.png",
-    "forecast.png",
-    "symmetry.png",
-    "model.onnx",
-    "export.json",
-    "analysis.csv",
-    "finn_summary*.json",
-    "error.txt",
+    PHASES,
+    fingerprint,
+    load_checkpoint,
+    load_float_state,
+    phases_done,
+    save_model,
+    take_run_dir,
 )
-#: Folders of results derived from a run (``apq build``, ``apq sensitivity``), removed with
-#: RUN_OUTPUTS only when they hold one of these, so a folder of the user's is never touched.
-RUN_OUTPUT_DIRS = {
-    "finn": ("summary.json", "build_dataflow.log"),
-    "sensitivity": ("configs", "sensitivity.csv"),
-}
+
+EVAL_BATCH = 2048
 
 
 class DivergedError(RunError):
@@ -148,73 +112,6 @@ class TrainConfig:
                 "float_epochs=0 leaves no float weights to start QAT from; "
                 "set float_epochs >= 1 or qat_from_scratch=True"
             )
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """Where the data comes from, how it is windowed and what the model predicts; saved so a
-    run can be reloaded.
-
-    ``predict="change"`` (the default): the model outputs the change of the target from the
-    window's last hour and the forecast adds that last value back (see
-    ``brevitas_apq.data.windows``); ``"level"``: the model outputs the target itself. Measured
-    on the embedded data, the README's "What the model predicts" section.
-    """
-
-    dataset: str = "beijing"
-    window: int = 24
-    horizon: int = 1
-    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    options: tuple[tuple[str, Any], ...] = ()  # loader options (csv: target, delimiter, ...)
-    predict: str = "change"
-
-    def __post_init__(self) -> None:
-        if self.predict not in PREDICT_MODES:
-            raise RunError(
-                f"predict={self.predict!r} is invalid; valid: {', '.join(PREDICT_MODES)}"
-            )
-
-    def load(self) -> WindowedDataset:
-        """Load, window and split the data; a file that cannot be read (a truncated or corrupt
-        compressed CSV, no permission) is a DataError naming it."""
-        try:
-            series = load_dataset(self.dataset, **dict(self.options))
-        except (EOFError, zlib.error, lzma.LZMAError, zipfile.BadZipFile, OSError) as err:
-            if isinstance(err, OSError) and not isinstance(err, gzip.BadGzipFile):
-                reason = err.strerror or str(err)
-                fix = "check the path and its permissions"
-            else:
-                reason = f"truncated or corrupt compressed file: {type(err).__name__}: {err}"
-                fix = "check it (e.g. gzip -t FILE) and download or compress it again"
-            raise DataError(f"{self.dataset}: cannot read the data ({reason}); {fix}") from None
-        return prepare_dataset(
-            series, window=self.window, horizon=self.horizon, split=self.split, predict=self.predict
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "dataset": self.dataset,
-            "window": self.window,
-            "horizon": self.horizon,
-            "split": list(self.split),
-            "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.options},
-            "predict": self.predict,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DataSpec:
-        options = tuple(
-            (k, tuple(v) if isinstance(v, list) else v) for k, v in data["options"].items()
-        )
-        return cls(
-            data["dataset"],
-            data["window"],
-            data["horizon"],
-            tuple(data["split"]),
-            options,
-            # Runs saved before ``predict`` existed were trained on the level.
-            data.get("predict", "level"),
-        )
 
 
 def _rmse(a: np.ndarray, b: np.ndarray) -> float:
@@ -346,8 +243,9 @@ def train_run(
 
     ``float_init`` skips the float phase: the float model takes these weights (a state dict, a
     finished run directory such as one of ``train_float``, or a ``.pt`` file; see
-    ``load_float_state``) and QAT starts from them. ``train.float_epochs`` is then unused. A
-    fingerprint of the weights is part of the run's settings, so ``resume`` refuses other ones.
+    ``brevitas_apq.rundir.load_float_state``) and QAT starts from them. ``train.float_epochs``
+    is then unused. A fingerprint of the weights is part of the run's settings, so ``resume``
+    refuses other ones.
     """
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(train.threads)
@@ -397,56 +295,6 @@ def train_float(
     )
 
 
-def load_float_state(
-    source: str | Path | Mapping[str, torch.Tensor], data: DataSpec | None = None
-) -> dict[str, torch.Tensor]:
-    """Float-model weights from a state dict, a finished run directory (its ``model.pt``), a
-    ``model.pt`` file or a ``.pt`` file holding a plain state dict.
-
-    With ``data``, a run's weights are refused unless that run used the same data settings
-    (weights trained to predict the level are no start for a run that predicts the change).
-    """
-    if isinstance(source, Mapping):
-        return {k: v.detach().clone() for k, v in source.items()}
-    path = Path(source)
-    if path.is_dir() and (path / METRICS_FILE).exists():
-        _, saved = _finished_run(path)
-        path = path / MODEL_FILE
-    elif path.is_file():
-        saved = io.torch_load(path, fix="pass another float_init (a finished run directory)")
-    else:
-        raise RunError(
-            f"float_init {str(source)!r}: no such file or finished run directory "
-            f"(expected {MODEL_FILE} and {METRICS_FILE}; train it with `train_float` first)"
-        )
-    if isinstance(saved, Mapping) and "float_state_dict" in saved:
-        if data is not None and "data" in saved:
-            theirs, ours = DataSpec.from_dict(saved["data"]).to_dict(), data.to_dict()
-            differ = {k: (v, ours[k]) for k, v in theirs.items() if ours[k] != v}
-            if differ:
-                listing = "; ".join(f"{k}: {a!r} there, {b!r} here" for k, (a, b) in differ.items())
-                raise RunError(
-                    f"float_init {str(path)!r} was trained with other data settings ({listing}); "
-                    "train the float model with the same data options"
-                )
-        saved = saved["float_state_dict"]
-    if not isinstance(saved, Mapping) or not all(
-        isinstance(v, torch.Tensor) for v in saved.values()
-    ):
-        raise RunError(f"float_init {str(path)!r} holds no float state dict")
-    return dict(saved)
-
-
-def state_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
-    """A SHA-256 of a state dict's names, shapes, dtypes and values (order-independent)."""
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        tensor = state[name].detach().cpu().contiguous()
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
-        digest.update(tensor.numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
-
-
 def _train_run(
     out: Path,
     data: DataSpec,
@@ -488,7 +336,7 @@ def _train_run(
     }
     float_state = None if float_init is None else load_float_state(float_init, data)
     if float_state is not None:
-        run["float_init"] = state_fingerprint(float_state)
+        run["float_init"] = fingerprint(float_state)
     state: dict[str, Any] = {
         "format": 1,
         "run": run,
@@ -498,13 +346,13 @@ def _train_run(
         "train_seconds": 0.0,
     }
     if ckpt_path.exists() and resume:
-        state = _load_checkpoint(ckpt_path)
+        state = load_checkpoint(ckpt_path)
         if json.dumps(state["run"], sort_keys=True) != json.dumps(run, sort_keys=True):
             raise RunError(
                 f"{out} holds a run with other settings; resume it with the same options, or "
                 "use another --out (or --overwrite)"
             )
-    _take_run_dir(out, overwrite=overwrite, finished=_phases_done(state))
+    take_run_dir(out, overwrite=overwrite, finished=phases_done(state))
     float_model, quant_model = build_models(model_config, plan, train.seed)
     if float_state is not None and not state["phases"]["float"]["done"]:
         try:
@@ -689,17 +537,7 @@ def _finish(
         "degenerate": degenerate,
         "data_warnings": list(dataset.data_warnings),
     }
-    io.torch_save(
-        out / MODEL_FILE,
-        {
-            "format": 1,
-            "model": model_config.to_dict(),
-            "plan": plan.to_dict(),
-            "data": data.to_dict(),
-            "state_dict": quant_model.state_dict(),
-            "float_state_dict": float_model.state_dict(),
-        },
-    )
+    save_model(out, model_config, plan, data, float_model, quant_model)
     plan.to_yaml(out / "plan.yaml")
     io.write_csv(out / "history.csv", history)
     sym = symmetry_history(quant_model, adaptive_only=True)
@@ -723,149 +561,5 @@ def _finish(
     )
     thresholds = {core.symmetry_threshold for _, core in iter_quantizers(quant_model)}
     plots.symmetry(sym, out / "symmetry.png", next(iter(thresholds)) if thresholds else None)
-    io.write_json(out / "metrics.json", metrics)
+    io.write_json(out / METRICS_FILE, metrics)
     return metrics
-
-
-def load_run(run_dir: str | Path) -> tuple[TimeSeriesTransformer, TimeSeriesTransformer, DataSpec]:
-    """The trained float and quantised models of a finished run, and its data spec.
-
-    RunError if ``run_dir`` is not a finished run (``check_finished``); FileError if one of its
-    files is truncated, corrupt or from an incompatible version.
-    """
-    _, saved = _finished_run(run_dir)
-    path = Path(run_dir) / MODEL_FILE
-    try:
-        config = ModelConfig(**saved["model"])
-        plan = BitPlan.from_dict(saved["plan"])
-        float_model, quant_model = build_models(config, plan, 0)
-        float_model.load_state_dict(saved["float_state_dict"])
-        quant_model.load_state_dict(saved["state_dict"])
-        data = DataSpec.from_dict(saved["data"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        raise FileError(
-            f"{path} does not fit this version of brevitas-apq ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else err!r}); train the run again with "
-            f"`apq train --out {run_dir} --overwrite`"
-        ) from None
-    return float_model.eval(), quant_model.eval(), data
-
-
-# --- run directories: taking one over, checking that one is finished -------------------------
-
-
-def _phases_done(state: Mapping[str, Any]) -> bool:
-    return all(state["phases"][phase]["done"] for phase in PHASES)
-
-
-def _load_checkpoint(path: Path) -> dict[str, Any]:
-    """A run's checkpoint; FileError if it is truncated, corrupt or not an `apq train` one."""
-    fix = (
-        f"the run cannot continue from it: start it again with `apq train --out {path.parent} "
-        "--overwrite`"
-    )
-    state = io.torch_load(path, fix=fix)
-    run, phases = (state.get("run"), state.get("phases")) if isinstance(state, dict) else (0, 0)
-    if (
-        not isinstance(run, dict)
-        or not isinstance(phases, dict)
-        or not all(isinstance(phases.get(p), dict) and "done" in phases[p] for p in PHASES)
-    ):
-        raise FileError(f"{path} is not a checkpoint written by `apq train`; {fix}")
-    return state
-
-
-def _clear_outputs(out: Path) -> None:
-    """Remove ``out``'s results (RUN_OUTPUTS, RUN_OUTPUT_DIRS), the finished marker first."""
-    for pattern in RUN_OUTPUTS:
-        for path in sorted(out.glob(pattern)):
-            path.unlink(missing_ok=True)
-    for name, markers in RUN_OUTPUT_DIRS.items():
-        folder = out / name
-        ours = any((folder / marker).exists() for marker in markers)
-        if ours and folder.is_dir() and not folder.is_symlink():
-            shutil.rmtree(folder)
-
-
-def _take_run_dir(out: Path, *, overwrite: bool, finished: bool) -> None:
-    """Make ``out`` ready for training (the checks of ``_train_run`` passed). If it holds a
-    run: with ``overwrite`` remove it (results and checkpoint); when the training to come is
-    not finished (``finished`` False), remove results that would otherwise stand beside it.
-    Always remove the temporary files of writes a killed process left. A folder without a
-    run keeps everything (it may be the user's)."""
-    io.make_dir(out)
-    holds_run = any((out / name).exists() for name in (CHECKPOINT, METRICS_FILE, MODEL_FILE))
-    if holds_run and (overwrite or not finished):
-        _clear_outputs(out)
-    if overwrite:
-        (out / CHECKPOINT).unlink(missing_ok=True)
-    io.remove_stale_temps(out)
-
-
-def _finished_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(metrics, model.pt content)`` of the finished run in ``run_dir``, else RunError /
-    FileError. Finished: ``metrics.json`` (written last) and ``model.pt`` are there, a kept
-    checkpoint is finished and was trained with the settings of ``model.pt``, and
-    ``metrics.json`` describes that model."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        what = "is a file" if run_dir.exists() else "does not exist"
-        raise RunError(
-            f"not a finished run directory: {run_dir} {what}; pass the --out of a finished "
-            "`apq train`"
-        )
-    redo = (
-        f"finish the run again with `apq train --out {run_dir} --resume` and the options it "
-        "was trained with, or start again with --overwrite"
-    )
-    ckpt_path = run_dir / CHECKPOINT
-    state = _load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
-    if state is not None and not _phases_done(state):
-        epochs = len(state.get("history") or [])
-        raise RunError(
-            f"{run_dir} holds an unfinished run ({CHECKPOINT} after {epochs} epoch(s)); "
-            f"continue it with `apq train --out {run_dir} --resume` and the options it was "
-            "started with, or start again with --overwrite"
-        )
-    for name in (METRICS_FILE, MODEL_FILE):
-        if not (run_dir / name).is_file():
-            raise RunError(
-                f"not a finished run directory: {run_dir} has no {name} (run `apq train --out "
-                "DIR` first, or `--resume` an interrupted one)"
-            )
-    metrics = io.read_json(run_dir / METRICS_FILE, fix=redo)
-    saved = io.torch_load(run_dir / MODEL_FILE, fix=redo)
-    keys = ("model", "plan", "data", "state_dict", "float_state_dict")
-    if not isinstance(metrics, dict):
-        raise FileError(f"{run_dir / METRICS_FILE} holds no metrics table; {redo}")
-    if not isinstance(saved, dict) or any(key not in saved for key in keys):
-        raise FileError(f"{run_dir / MODEL_FILE} is not a model written by `apq train`; {redo}")
-    mixed = [
-        f"{CHECKPOINT} {key}"
-        for key in ("data", "model", "plan")
-        if state is not None
-        and json.dumps(state["run"].get(key), sort_keys=True)
-        != json.dumps(saved[key], sort_keys=True)
-    ]
-    if "model" in metrics and metrics["model"] != saved["model"]:
-        mixed.append(f"{METRICS_FILE} model")
-    if metrics.get("dataset", saved["data"]["dataset"]) != saved["data"]["dataset"]:
-        mixed.append(f"{METRICS_FILE} dataset")
-    if mixed:
-        raise RunError(
-            f"{run_dir} mixes files of different runs ({', '.join(mixed)} differ from "
-            f"{MODEL_FILE}): train it again with `apq train --out {run_dir} --overwrite`"
-        )
-    return metrics, saved
-
-
-def check_finished(run_dir: str | Path) -> dict[str, Any]:
-    """The metrics of the finished run in ``run_dir``; RunError if it is not one (missing
-    ``metrics.json`` or ``model.pt``, an unfinished checkpoint, files of different runs),
-    FileError if one of its files is truncated or corrupt.
-
-    Example::
-
-        metrics = check_finished("runs/train")  # what `apq show` prints
-    """
-    return _finished_run(run_dir)[0]

@@ -20,7 +20,8 @@ from pathlib import Path
 from brevitas_apq.export import export_run
 from brevitas_apq.finn_bridge import build_run
 from brevitas_apq.plans import BitPlan
-from brevitas_apq.training import CHECKPOINT, TrainConfig, train_run
+from brevitas_apq.rundir import CHECKPOINT
+from brevitas_apq.training import TrainConfig, train_run
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -46,22 +46,12 @@ from __future__ import annotations
 
 import math
 
-from qonnx.core.datatype import DataType
-
-from finn_flow.errors import FinnFlowError
+from finn_flow.graph import datatype_named
 
 
 def _bits(name) -> int:
     """Bit width of a FINN datatype name; an unknown name is an error, not a guess."""
-    if isinstance(name, bytes):
-        name = name.decode()
-    try:
-        return DataType[name].bitwidth()
-    except (KeyError, ValueError, TypeError):
-        raise FinnFlowError(
-            f"Attention estimate: unknown datatype {name!r} in a ScaledDotProductAttention "
-            "node's attributes (expected a FINN datatype such as INT8 or UINT4)."
-        ) from None
+    return datatype_named(name, "ScaledDotProductAttention").bitwidth()
 
 
 def _lut_matmul(pe: int, simd: int, w: int, a: int, acc: int, lut_mults: bool) -> float:

@@ -53,7 +53,6 @@ DEFAULT_TOLERANCE = 1e-4
 #: Node domains a model may use (anything else is refused before qonnx imports it).
 _STANDARD_DOMAINS = ("", "ai.onnx", "onnx.brevitas")
 _KNOWN_DOMAINS = ("qonnx.custom_op.", "finn.custom_op.")
-_FINN_HW = "finn.custom_op.fpgadataflow"
 
 
 # ------------------------------------------------------------------------------ validation
@@ -154,14 +153,14 @@ def _outside_partition(out_dir: Path) -> list[dict]:
     """Nodes left outside the dataflow partition (software), with their role."""
     from qonnx.core.modelwrapper import ModelWrapper
 
-    from finn_flow.steps import _role
+    from finn_flow.hw_conversion import node_role
 
     parent = out_dir / "intermediate_models" / "dataflow_parent.onnx"
     if not parent.is_file():  # estimate-only build without intermediate models
         return _read_json(out_dir / "report" / "nodes_outside_partition.json")
     model = ModelWrapper(str(parent))
     return [
-        {"op": n.op_type, "name": n.name, "role": _role(model, n)}
+        {"op": n.op_type, "name": n.name, "role": node_role(model, n)}
         for n in model.graph.node
         if n.op_type != "StreamingDataflowPartition"
     ]
@@ -195,7 +194,7 @@ def _summarise(out_dir: Path, target: Board, record: dict, cfg, t0: float, full:
     report = out_dir / "report"
     res = _read_json(report / "estimate_layer_resources.json")
     perf = _read_json(report / "estimate_network_performance.json")
-    # written only for a model with such nodes (steps.step_attention_resource_estimate):
+    # written only for a model with such nodes (reports.step_attention_resource_estimate):
     # attention (attention_estimate) and adds, forks, LayerNorm, reshapes (glue_estimate)
     attn = _read_json(report / "estimate_attention_analytical.json", required=False) or {}
     attn.update(_read_json(report / "estimate_glue_analytical.json", required=False) or {})
@@ -459,7 +458,7 @@ def build(
         raise FinnFlowError("cppsim needs emulation inputs (the windows to simulate).")
     cppsim_toolchain = None
     if cppsim:
-        from finn_flow.cppsim import HlsToolchain
+        from finn_flow.hls_toolchain import HlsToolchain
 
         cppsim_toolchain = HlsToolchain.resolve(hls_dir)  # fails early, before the build
     emulation = None

@@ -9,6 +9,8 @@
   so the flow emulates the pre-specialisation graph.
 * :func:`compare` reports the max abs difference and raises
   :class:`~finn_flow.errors.EmulationMismatchError` above the tolerance.
+* :func:`make_step_emulate` - the build step (after ``step_create_dataflow_partition``) that
+  does both on the build's graph and records the result.
 
 Inputs are given batched: ``inputs[i]`` is one sample with the model's full input shape
 (batch dimension 1 included), or the shape without the batch dimension.
@@ -19,10 +21,16 @@ from __future__ import annotations
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from finn_flow.errors import EmulationMismatchError, FinnFlowError
+
+if TYPE_CHECKING:
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from finn_flow.steps import Step
 
 
 @dataclass
@@ -120,3 +128,28 @@ def compare(
             f"input(s) (expected outputs range {result.output_range})."
         )
     return result
+
+
+def make_step_emulate(
+    inputs: np.ndarray, expected: np.ndarray, tolerance: float, record: dict
+) -> Step:
+    """Step (after step_create_dataflow_partition) comparing FINN's python emulation."""
+
+    def step_emulate_dataflow_python(model: ModelWrapper, cfg) -> ModelWrapper:
+        """Run the inputs through parent + dataflow partition with FINN's python exec."""
+        parent = Path(cfg.output_dir) / "intermediate_models" / "dataflow_parent.onnx"
+        if not parent.is_file():
+            raise FinnFlowError(f"dataflow_parent.onnx missing at {parent}")
+        actual = emulate_dataflow(parent, model, inputs)
+        result = compare(actual, expected, tolerance, raise_on_fail=False)
+        out_file = Path(cfg.get_verification_output_directory()) / "emulation_output.npy"
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        np.save(out_file, actual)
+        result.notes.append(f"emulated outputs: {out_file}")
+        record["emulation"] = result
+        record["emulation_outputs"] = actual
+        if record.get("raise_on_mismatch", True):
+            compare(actual, expected, tolerance, raise_on_fail=True)
+        return model
+
+    return step_emulate_dataflow_python

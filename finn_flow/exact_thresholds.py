@@ -39,6 +39,7 @@ from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.custom_op.general.intquant import max_int, min_int, resolve_rounding_mode
 from qonnx.transformation.base import Transformation
 
+from finn_flow.graph import node_attr
 from finn_flow.transforms import smallest_int_datatype
 
 __all__ = [
@@ -112,14 +113,6 @@ def exact_thresholds(level_fn, levels: np.ndarray) -> np.ndarray:
     return out
 
 
-def _attr(node, name: str, default):
-    for a in node.attribute:
-        if a.name == name:
-            value = helper.get_attribute_value(a)
-            return value.decode() if isinstance(value, bytes) else value
-    return default
-
-
 def _row_digests(thresholds: np.ndarray) -> set[str]:
     """SHA-256 of each channel's threshold row (FINN may broadcast one row to all channels)."""
     rows = np.asarray(thresholds, dtype=np.float32).reshape(-1, np.shape(thresholds)[-1])
@@ -190,9 +183,9 @@ class QuantFloatInputToExactThresholds(Transformation):
 
     def _rewrite(self, model, quant, chain, scale, zeropt, bitwidth) -> bool:
         bits = float(np.asarray(bitwidth).ravel()[0])
-        signed = int(_attr(quant, "signed", 1))
-        narrow = int(_attr(quant, "narrow", 0))
-        rounding = str(_attr(quant, "rounding_mode", "ROUND"))
+        signed = int(node_attr(quant, "signed", 1))
+        narrow = int(node_attr(quant, "narrow", 0))
+        rounding = str(node_attr(quant, "rounding_mode", "ROUND"))
         if np.asarray(bitwidth).size != 1 or (bits == 1 and signed):
             return False
         in_shape = model.get_tensor_shape(quant.output[0])  # Quant keeps the shape

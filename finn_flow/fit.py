@@ -29,6 +29,7 @@ import math
 from dataclasses import dataclass, field
 
 from finn_flow.errors import FinnFlowError
+from finn_flow.graph import is_hw
 
 __all__ = [
     "RESOURCE_CHOICES",
@@ -219,7 +220,7 @@ def apply_resource_choice(model, choice: str):
     from qonnx.custom_op.registry import getCustomOp
 
     for node in model.graph.node:
-        if not node.domain.startswith("finn.custom_op.fpgadataflow"):
+        if not is_hw(node):
             continue
         inst = getCustomOp(node)
         types = inst.get_nodeattr_types()

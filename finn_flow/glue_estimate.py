@@ -62,9 +62,8 @@ from __future__ import annotations
 import functools
 import math
 
-from qonnx.core.datatype import DataType
-
 from finn_flow.errors import FinnFlowError
+from finn_flow.graph import datatype_named
 
 #: Least-squares fit to the 8 published ElementwiseAdd_hls design sums (see the docstring).
 ADD_FIT = {"one": 17.583, "count_bit": 2.5, "out_bit": 1.4722}
@@ -117,21 +116,8 @@ _CONTROL_PROCESSES = 5  # layernorm's dataflow processes
 _COUNTERS = 4  # ModCounter<N/SIMD> in the two sum_statistics and two normalize processes
 
 
-def _datatype(name, op: str) -> DataType:
-    """A FINN datatype from its name; an unknown name is an error, not a guess."""
-    if isinstance(name, bytes):
-        name = name.decode()
-    try:
-        return DataType[name]
-    except (KeyError, ValueError, TypeError):
-        raise FinnFlowError(
-            f"Resource estimate: unknown datatype {name!r} in a {op} node's attributes "
-            "(expected a FINN datatype such as INT8, UINT4 or FLOAT32)."
-        ) from None
-
-
 def _bits(name, op: str) -> int:
-    return _datatype(name, op).bitwidth()
+    return datatype_named(name, op).bitwidth()
 
 
 def _clog2(x: float) -> int:
@@ -211,7 +197,7 @@ def _fifo(width: int, depth: int) -> tuple[int, int]:
 def layernorm_operators(attrs: dict) -> dict[str, int]:
     """Floating-point operators finn-hlslib's ``layernorm`` instantiates for this node."""
     simd = max(1, int(attrs.get("SIMD", 1)))
-    if _datatype(attrs.get("inputDataType"), "LayerNorm_hls").is_integer():
+    if datatype_named(attrs.get("inputDataType"), "LayerNorm_hls").is_integer():
         # per row: uitofp(sum of squares), fmul 1/N, fadd eps, rsqrt; per lane: sitofp, fmul
         return {"itofp": 1 + simd, "fmul": 1 + simd, "fadd": 1, "rsqrt": 1}
     # float input, per lane: sum, N x - mean (fmul, fadd), x^2 and its sum, m x; per row: the
@@ -229,7 +215,7 @@ def estimate_layernorm(attrs: dict) -> dict:
             f"LayerNorm estimate: SIMD={simd} does not divide the normalised dimension {n}; "
             "choose a SIMD that divides it."
         )
-    dt = _datatype(attrs.get("inputDataType"), "LayerNorm_hls")
+    dt = datatype_named(attrs.get("inputDataType"), "LayerNorm_hls")
     b_in = dt.bitwidth()
     nn = n // simd
     lut = dsp = bram = 0

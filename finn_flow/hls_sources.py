@@ -1,6 +1,6 @@
 """The HLS C++ sources of C++ simulation, fetched at pinned commits (``apq hls-fetch``).
 
-:mod:`finn_flow.cppsim` needs a folder with ``finn-hlslib/`` and ``attention-hlslib/`` (and,
+:mod:`finn_flow.hls_toolchain` needs a folder with ``finn-hlslib/`` and ``attention-hlslib/`` (and,
 without Vitis HLS, ``HLS_arbitrary_Precision_Types/`` for ``ap_int.h``). finn-plus records the
 commits it compiles against in ``finn/interface/external_dependencies.yaml``; its ``finn deps
 update`` command refuses to start without Vivado. :func:`fetch` clones exactly those commits

@@ -29,8 +29,10 @@ from onnx import TensorProto, helper
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.custom_op.general.intquant import int_quant
 from qonnx.transformation.base import Transformation
+from qonnx.transformation.general import RemoveUnusedTensors
 
 from finn_flow.errors import FinnFlowError
+from finn_flow.graph import node_attr
 
 __all__ = [
     "AbsorbZeroPointOffsetIntoMultiThreshold",
@@ -61,13 +63,6 @@ def smallest_int_datatype(lo: int, hi: int):
     return DataType.get_smallest_possible(min(lo, -hi - 1, -2))
 
 
-def _attr(node, name: str, default):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
 def _quant_params(model: ModelWrapper, node):
     """(scale, zeropt, bitwidth) initializers of a Quant node, or None if not constant."""
     vals = [model.get_initializer(name) for name in node.input[1:4]]
@@ -95,7 +90,7 @@ def _check_integer_zero_point(node, zeropt: np.ndarray, bitwidth: np.ndarray) ->
             f"Quant node {node.name!r} has a fractional zero point ({zeropt.ravel()[:4]}...); "
             "only integer zero points can be lowered exactly for FINN."
         )
-    if np.any(bitwidth == 1) and _attr(node, "signed", 1):
+    if np.any(bitwidth == 1) and node_attr(node, "signed", 1):
         raise ZeroPointError(
             f"Quant node {node.name!r}: 1-bit signed (bipolar) quantisation with a zero point "
             "is not supported."
@@ -173,7 +168,8 @@ class LowerActivationZeroPoint(Transformation):
             graph.node.insert(idx + 2, sub)
             changed = True
         if changed:
-            model = model.transform(_RemoveUnusedInitializers())
+            # drop the old zero-point constants (qonnx; model.transform's cleanup runs it too)
+            model = model.transform(RemoveUnusedTensors())
         return model, changed
 
 
@@ -204,11 +200,9 @@ class LowerWeightZeroPoint(Transformation):
                 continue
             scale, zeropt, bitwidth = params
             zeropt = _check_integer_zero_point(node, zeropt, bitwidth)
-            signed = int(_attr(node, "signed", 1))
-            narrow = int(_attr(node, "narrow", 0))
-            rounding = _attr(node, "rounding_mode", "ROUND")
-            if isinstance(rounding, bytes):
-                rounding = rounding.decode()
+            signed = int(node_attr(node, "signed", 1))
+            narrow = int(node_attr(node, "narrow", 0))
+            rounding = node_attr(node, "rounding_mode", "ROUND")
             w = np.asarray(w, dtype=np.float32)
             _check_weight_levels(node, w, scale, zeropt, bitwidth, signed, narrow, rounding)
             deq = int_quant(w, scale, zeropt, bitwidth, signed, narrow, rounding).astype(np.float32)
@@ -228,7 +222,7 @@ class LowerWeightZeroPoint(Transformation):
                 node.attribute.append(helper.make_attribute("narrow", 1))
             changed = True
         if changed:
-            model = model.transform(_RemoveUnusedInitializers())
+            model = model.transform(RemoveUnusedTensors())
         return model, changed
 
 
@@ -252,7 +246,7 @@ class ScalarZeroZeroPoint(Transformation):
             node.input[2] = _new_const(model, (node.name or "Quant") + "_zeropt0", np.zeros(()))
             changed = True
         if changed:
-            model = model.transform(_RemoveUnusedInitializers())
+            model = model.transform(RemoveUnusedTensors())
         return model, changed
 
 
@@ -265,18 +259,6 @@ class LowerZeroPoints(Transformation):
         model, activations = LowerActivationZeroPoint().apply(model)
         model, scalar = ScalarZeroZeroPoint().apply(model)
         return model, weights or activations or scalar
-
-
-class _RemoveUnusedInitializers(Transformation):
-    """Drop initializers no node consumes any more (old zero-point/bit-width constants)."""
-
-    def apply(self, model: ModelWrapper):
-        used = {i for n in model.graph.node for i in n.input}
-        used |= {o.name for o in model.graph.output}
-        unused = [init for init in model.graph.initializer if init.name not in used]
-        for init in unused:
-            model.graph.initializer.remove(init)
-        return model, bool(unused)
 
 
 class AbsorbZeroPointOffsetIntoMultiThreshold(Transformation):

@@ -22,8 +22,8 @@ LEVELS = ("none", "python", "cppsim", "rtl-verilator")
 
 def _hw_nodes(out_dir: Path) -> list[tuple[str, str]]:
     """(name, op type) of the specialised hardware graph's nodes, if the build saved it."""
-    from finn_flow.cppsim import find_hw_model
     from finn_flow.errors import FinnFlowError
+    from finn_flow.graph import find_hw_model, is_hw
 
     try:
         path = find_hw_model(out_dir)
@@ -32,7 +32,7 @@ def _hw_nodes(out_dir: Path) -> list[tuple[str, str]]:
     import onnx
 
     graph = onnx.load(str(path)).graph
-    return [(n.name, n.op_type) for n in graph.node if n.domain.startswith("finn.custom_op")]
+    return [(n.name, n.op_type) for n in graph.node if is_hw(n)]
 
 
 def verification_table(out_dir: str | Path, emulation: dict | None, cppsim=None) -> list[dict]:

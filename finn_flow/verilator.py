@@ -35,7 +35,7 @@ output shape needs, produces surplus words within 64 cycles after the last expec
 finn-rtllib's immediate assertions (compiled in with ``--assert``; Verilator aborts the run).
 
 Cache: ``cache_dir`` (default ``$APQ_CACHE_DIR``, else ``$XDG_CACHE_HOME/brevitas-apq``,
-else ``~/.cache/brevitas-apq``, as :func:`finn_flow.cppsim.default_cache_dir`), subfolder
+else ``~/.cache/brevitas-apq``: :func:`finn_flow.kernel_cache.default_cache_dir`), subfolder
 ``verilator/<key>/`` holding ``sim`` (the compiled model), ``src/`` (the HDL it was built from),
 ``verilator.log`` and ``meta.json``. The key is the SHA-256 of the HDL files (name and
 content, in finn's file-list order), the node's runtime memory files (threshold ``.dat``
@@ -91,8 +91,9 @@ from pathlib import Path
 
 import numpy as np
 
-from finn_flow.cppsim import atomic_folder, default_cache_dir, sha256_of
 from finn_flow.errors import FinnFlowError
+from finn_flow.graph import node_attr
+from finn_flow.kernel_cache import atomic_folder, default_cache_dir, first_errors, sha256_of
 
 __all__ = [
     "HARNESS_CPP",
@@ -403,15 +404,6 @@ def _require_verilator() -> str:
     return exe
 
 
-def _attr(node, name: str, default=None):
-    for attr in node.attribute:
-        if attr.name == name:
-            from onnx import helper
-
-            return helper.get_attribute_value(attr)
-    return default
-
-
 def unsupported_reason(node) -> str | None:
     """Why :func:`simulate_rtl_node` cannot simulate ``node`` (an ONNX NodeProto), or None."""
     op = node.op_type
@@ -425,7 +417,9 @@ def unsupported_reason(node) -> str | None:
             f"{', '.join(SUPPORTED_OP_TYPES)})."
         )
     if op == "Thresholding_rtl":
-        sets = max(int(_attr(node, "mlo_max_iter", 0) or 0), int(_attr(node, "bodies", 0) or 0))
+        sets = max(
+            int(node_attr(node, "mlo_max_iter", 0) or 0), int(node_attr(node, "bodies", 0) or 0)
+        )
         if sets > 1:
             return (
                 f"{op} with {sets} threshold sets (mlo_max_iter/bodies) needs the set-selection "
@@ -456,9 +450,9 @@ def known_differences(node) -> list[str]:
     from qonnx.core.datatype import DataType
 
     out: list[str] = []
-    steps = int(_attr(node, "numSteps", 1))
-    odt = DataType[_attr(node, "outputDataType", b"").decode()]
-    bias = int(_attr(node, "ActVal", 0))
+    steps = int(node_attr(node, "numSteps", 1))
+    odt = DataType[node_attr(node, "outputDataType", "")]
+    bias = int(node_attr(node, "ActVal", 0))
     if bias >= 0:  # the RTL's output lane width (thresholding.sv O_BITS)
         o_bits = max(0, steps + bias).bit_length()
     else:
@@ -470,7 +464,7 @@ def known_differences(node) -> list[str]:
             f"output stream: the RTL packs {o_bits}-bit results per PE, finn unpacks "
             f"{odt.bitwidth()}-bit {odt.name} lanes"
         )
-    idt = _attr(node, "inputDataType", b"").decode()
+    idt = node_attr(node, "inputDataType", "")
     if idt in ("FLOAT32", "FLOAT16"):
         out.append(
             "float inputs: the RTL counts an input -0.0 as below a threshold +0.0 (sign-magnitude "
@@ -486,11 +480,6 @@ def _run_verilator(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         args, cwd=str(cwd), env=env, capture_output=True, text=True, errors="replace", check=False
     )
-
-
-def _first_errors(text: str, n: int = 8) -> str:
-    lines = [ln for ln in text.splitlines() if "%Error" in ln or "error" in ln.lower()]
-    return "\n".join((lines or text.splitlines())[:n])
 
 
 # ------------------------------------------------------------------------------- build
@@ -659,7 +648,7 @@ def _build(model, node, work: Path, cache_dir) -> tuple[RtlSimBuild, object]:
             failed.write_text(log_text)
             raise FinnFlowError(
                 f"Verilator build of node {node.name} ({node.op_type}) failed:\n"
-                f"{_first_errors(proc.stdout + proc.stderr)}\nFull log: {failed}"
+                f"{first_errors(proc.stdout + proc.stderr)}\nFull log: {failed}"
             )
         shutil.rmtree(tmp / "obj", ignore_errors=True)
         (tmp / "meta.json").write_text(

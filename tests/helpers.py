@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from brevitas_apq.training import DataSpec
+from brevitas_apq.data import DataSpec
 
 
 def write_series_csv(path: Path, days: int = 40) -> str:

@@ -7,6 +7,8 @@ Public API::
     make_windows(series, window=24, horizon=1)                           -> Windows
     prepare_dataset(series, window=24, horizon=1, split=(0.7, 0.15, 0.15), predict="level")
                                                                          -> WindowedDataset
+    DataSpec(dataset, window, horizon, split, options, predict).load()   -> WindowedDataset
+        the data settings of a training run (``spec``), saved with the run
     DataError (a ValueError): every bad-input problem, with a message saying how to fix it
     DataWarning (a UserWarning): suspicious but usable data (duplicate timestamps, a likely
         missing-value marker, a feature that removes many windows), with counts and the fix;
@@ -14,7 +16,7 @@ Public API::
 
 Default task (embedded Beijing PM2.5 data): forecast ``pm2.5`` one hour ahead from the previous
 24 hours of all columns (``pm2.5`` itself first, weather, one-hot wind direction). Training
-runs (``brevitas_apq.training.DataSpec``) have the model predict the change from the last hour
+runs (``DataSpec``) have the model predict the change from the last hour
 (``predict="change"``, see ``windows``); ``prepare_dataset`` defaults to the plain level.
 
 Example::
@@ -37,6 +39,7 @@ from .sources import (
     load_csv,
     load_dataset,
 )
+from .spec import DataSpec
 from .windows import (
     PREDICT_MODES,
     SPLITS,
@@ -54,6 +57,7 @@ __all__ = [
     "PREDICT_MODES",
     "SPLITS",
     "DataError",
+    "DataSpec",
     "DataWarning",
     "MinMaxScaler",
     "TimeSeries",

@@ -25,15 +25,14 @@ from brevitas_apq.cli import app
 from brevitas_apq.errors import APQError, FileError, RunError
 from brevitas_apq.experiments import reproduce
 from brevitas_apq.plans import BitPlan
-from brevitas_apq.training import (
+from brevitas_apq.rundir import (
     CHECKPOINT,
     MODEL_FILE,
-    TrainConfig,
     check_finished,
     load_float_state,
     load_run,
-    train_run,
 )
+from brevitas_apq.training import TrainConfig, train_run
 from tests.helpers import csv_data
 
 TINY = TrainConfig(float_epochs=2, qat_epochs=2, max_batches=6, batch_size=32, patience=5)

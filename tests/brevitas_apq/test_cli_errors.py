@@ -20,8 +20,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from brevitas_apq import experiments, search, training
+from brevitas_apq import experiments, rundir, search, training
 from brevitas_apq.cli import app
+from brevitas_apq.data import DataSpec
 from brevitas_apq.errors import RunError
 
 runner = CliRunner()
@@ -150,7 +151,7 @@ def test_an_internal_bug_keeps_its_traceback(monkeypatch, tmp_path):
     def buggy(run_dir):
         return np.zeros(3).reshape(2)  # numpy's ValueError: a bug, not bad input
 
-    monkeypatch.setattr(training, "check_finished", buggy)
+    monkeypatch.setattr(rundir, "check_finished", buggy)
     result = runner.invoke(app, ["show", str(tmp_path)])
     assert type(result.exception) is ValueError and "reshape" in str(result.exception)
     assert result.exit_code == 1 and "error:" not in result.output
@@ -160,7 +161,7 @@ def test_project_errors_are_one_line_with_exit_2(monkeypatch, tmp_path):
     def refuse(run_dir):
         raise RunError(f"{run_dir} is not what it should be; do this instead")
 
-    monkeypatch.setattr(training, "check_finished", refuse)
+    monkeypatch.setattr(rundir, "check_finished", refuse)
     result = runner.invoke(app, ["show", str(tmp_path)])
     assert_exit_2(result, "error:", "do this instead")
 
@@ -169,7 +170,7 @@ def test_ctrl_c_is_exit_130_not_an_error(monkeypatch, tmp_path):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(training, "check_finished", interrupted)
+    monkeypatch.setattr(rundir, "check_finished", interrupted)
     result = runner.invoke(app, ["show", str(tmp_path)])
     assert result.exit_code == 130 and "interrupted" in result.output
     from brevitas_apq import finn_bridge
@@ -379,7 +380,7 @@ def test_regenerate_command_names_what_the_command_line_cannot_say():
         thresholds=(),
         threshold=0.1,
         train=training.TrainConfig(qat_from_scratch=True),
-        data=training.DataSpec(),
+        data=DataSpec(),
     )
     assert command.endswith(
         "# not expressible on the command line: seeds=[1, 3], qat_from_scratch=True"

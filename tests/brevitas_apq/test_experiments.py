@@ -12,17 +12,12 @@ from typer.testing import CliRunner
 
 from brevitas_apq import experiments
 from brevitas_apq.cli import app
+from brevitas_apq.data import DataSpec
+from brevitas_apq.errors import RunError
 from brevitas_apq.experiments import Config, GridError, reproduce
 from brevitas_apq.plans import BitPlan
-from brevitas_apq.training import (
-    MODEL_FILE,
-    DataSpec,
-    RunError,
-    TrainConfig,
-    load_float_state,
-    train_float,
-    train_run,
-)
+from brevitas_apq.rundir import MODEL_FILE, load_float_state
+from brevitas_apq.training import TrainConfig, train_float, train_run
 from tests.helpers import csv_data
 
 # The small grid of these tests: two configurations plus one threshold-sweep run, one seed.

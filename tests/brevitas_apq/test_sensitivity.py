@@ -10,6 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from brevitas_apq.cli import app
+from brevitas_apq.data import DataSpec
+from brevitas_apq.errors import RunError
 from brevitas_apq.plans import LAYERS, BitPlan
 from brevitas_apq.sensitivity import (
     BASE_HIGH,
@@ -21,7 +23,7 @@ from brevitas_apq.sensitivity import (
     mixed_plan,
     run_sensitivity,
 )
-from brevitas_apq.training import DataSpec, RunError, TrainConfig, train_run
+from brevitas_apq.training import TrainConfig, train_run
 
 PLAN = BitPlan.from_presets("mixed-4-8", "sq-apq")
 TINY = TrainConfig(float_epochs=1, qat_epochs=1, max_batches=2, batch_size=32)

@@ -12,17 +12,12 @@ import torch
 from typer.testing import CliRunner
 
 from brevitas_apq.cli import app
+from brevitas_apq.data import DataSpec
+from brevitas_apq.errors import RunError
 from brevitas_apq.export import export_run
 from brevitas_apq.plans import BitPlan
-from brevitas_apq.training import (
-    CHECKPOINT,
-    DataSpec,
-    RunError,
-    TrainConfig,
-    evaluate,
-    load_run,
-    train_run,
-)
+from brevitas_apq.rundir import CHECKPOINT, load_run
+from brevitas_apq.training import TrainConfig, evaluate, train_run
 from tests.helpers import csv_data
 
 QUICK = TrainConfig(float_epochs=2, qat_epochs=2, max_batches=6, batch_size=32, patience=5)

@@ -34,7 +34,7 @@ from qonnx.core.datatype import DataType
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.util.basic import qonnx_make_model
 
-from finn_flow import cppsim
+from finn_flow import cppsim, cppsim_compile, hls_toolchain
 from finn_flow.errors import FinnFlowError
 
 pytestmark = pytest.mark.finn
@@ -47,9 +47,9 @@ BIT_EXACT_OPS = ("ElementwiseAdd", "ReplicateStream", "MVAU", "Thresholding", "V
 
 # ----------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="session")
-def toolchain(hls_dir, kernel_cache) -> cppsim.HlsToolchain:
+def toolchain(hls_dir, kernel_cache) -> hls_toolchain.HlsToolchain:
     """The project's HLS sources and the session's kernel cache (conftest.kernel_cache)."""
-    return cppsim.HlsToolchain.resolve(hls_dir, cache_dir=kernel_cache)
+    return hls_toolchain.HlsToolchain.resolve(hls_dir, cache_dir=kernel_cache)
 
 
 def _simulate(model, inputs, toolchain, tmp_path, **kwargs) -> cppsim.CppSimResult:
@@ -273,56 +273,56 @@ def layernorm_kernel_reference(x: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------- errors
 def test_missing_hls_dir_names_the_setting(tmp_path, monkeypatch):
-    monkeypatch.delenv(cppsim.HLS_DIR_ENV, raising=False)
+    monkeypatch.delenv(hls_toolchain.HLS_DIR_ENV, raising=False)
     with pytest.raises(FinnFlowError, match="does not exist") as exc:
-        cppsim.HlsToolchain.resolve(tmp_path / "nowhere")
+        hls_toolchain.HlsToolchain.resolve(tmp_path / "nowhere")
     assert "APQ_HLS_DIR" in str(exc.value) and "--hls-dir" in str(exc.value)
 
     (tmp_path / "partial" / "finn-hlslib").mkdir(parents=True)
     with pytest.raises(FinnFlowError, match=r"lacks attention-hlslib/") as exc:
-        cppsim.HlsToolchain.resolve(tmp_path / "partial")
+        hls_toolchain.HlsToolchain.resolve(tmp_path / "partial")
     assert "APQ_HLS_DIR" in str(exc.value)
 
-    monkeypatch.setenv(cppsim.HLS_DIR_ENV, str(tmp_path / "from_env"))
+    monkeypatch.setenv(hls_toolchain.HLS_DIR_ENV, str(tmp_path / "from_env"))
     with pytest.raises(FinnFlowError, match="environment variable APQ_HLS_DIR"):
-        cppsim.HlsToolchain.resolve()
+        hls_toolchain.HlsToolchain.resolve()
 
     # nothing configured and finn's own deps folder without the libraries
-    monkeypatch.delenv(cppsim.HLS_DIR_ENV)
-    monkeypatch.setattr(cppsim, "_finn_deps_dir", lambda: tmp_path / "finn_deps")
+    monkeypatch.delenv(hls_toolchain.HLS_DIR_ENV)
+    monkeypatch.setattr(hls_toolchain, "_finn_deps_dir", lambda: tmp_path / "finn_deps")
     with pytest.raises(FinnFlowError, match="no folder with them is configured") as exc:
-        cppsim.HlsToolchain.resolve()
+        hls_toolchain.HlsToolchain.resolve()
     assert "APQ_HLS_DIR" in str(exc.value) and "finn deps update" in str(exc.value)
 
 
 def test_missing_ap_int_headers(tmp_path, monkeypatch):
-    for name in cppsim.HLSLIBS:
+    for name in hls_toolchain.HLS_LIBRARIES:
         (tmp_path / name).mkdir()
     monkeypatch.delenv("XILINX_HLS", raising=False)
-    monkeypatch.setattr(cppsim, "_find_ap_types", lambda folder: None)
+    monkeypatch.setattr(hls_toolchain, "_find_ap_types", lambda folder: None)
     with pytest.raises(FinnFlowError, match=r"No ap_int\.h .*HLS_arbitrary_Precision_Types"):
-        cppsim.HlsToolchain.resolve(tmp_path)
+        hls_toolchain.HlsToolchain.resolve(tmp_path)
 
 
 def test_finn_deps_fallback(tmp_path, monkeypatch):
-    for name in cppsim.HLSLIBS:
+    for name in hls_toolchain.HLS_LIBRARIES:
         (tmp_path / name).mkdir()
-    monkeypatch.delenv(cppsim.HLS_DIR_ENV, raising=False)
-    monkeypatch.setattr(cppsim, "_finn_deps_dir", lambda: tmp_path)
-    monkeypatch.setattr(cppsim, "_find_ap_types", lambda folder: folder)
-    tc = cppsim.HlsToolchain.resolve(cache_dir=tmp_path / "cache")
+    monkeypatch.delenv(hls_toolchain.HLS_DIR_ENV, raising=False)
+    monkeypatch.setattr(hls_toolchain, "_finn_deps_dir", lambda: tmp_path)
+    monkeypatch.setattr(hls_toolchain, "_find_ap_types", lambda folder: folder)
+    tc = hls_toolchain.HlsToolchain.resolve(cache_dir=tmp_path / "cache")
     assert tc.hls_dir == tmp_path.resolve() and "finn" in tc.source
 
 
 def test_attention_width_check():
     model = sdpa_graph(np.random.default_rng(0))
     node = model.graph.node[0]
-    cppsim._check_attention_widths(model, node)  # the test graph's widths are fine
+    hls_toolchain.check_attention_widths(model, node)  # the test graph's widths are fine
     for attr in node.attribute:
         if attr.name == "AccAVMatMul":
             attr.s = b"INT64"
     with pytest.raises(FinnFlowError, match=r"wider than 63 bits \(AccAVMatMul=INT64\)"):
-        cppsim._check_attention_widths(model, node)
+        hls_toolchain.check_attention_widths(model, node)
 
 
 def test_compile_error_names_node_and_log(toolchain, tmp_path, monkeypatch):
@@ -332,10 +332,10 @@ def test_compile_error_names_node_and_log(toolchain, tmp_path, monkeypatch):
     def failing(command, cwd, env):
         return subprocess.CompletedProcess(command, 1, "", "execute.cpp:3:1: error: boom\n")
 
-    monkeypatch.setattr(cppsim, "_run_compiler", failing)
+    monkeypatch.setattr(cppsim_compile, "_run_compiler", failing)
     fresh = dataclasses.replace(toolchain, cache_dir=tmp_path / "cache")
     with pytest.raises(FinnFlowError) as exc:
-        cppsim.compile_cppsim(
+        cppsim_compile.compile_cppsim(
             layernorm_graph(1e-5), toolchain=fresh, progress=False, work_dir=tmp_path / "w"
         )
     message = str(exc.value)
@@ -464,20 +464,20 @@ def test_cache_avoids_recompiling(toolchain, tmp_path, monkeypatch):
     """Compiler runs are counted: a second compile (other work dir) runs none; a changed
     kernel recompiles alone."""
     calls: list[str] = []
-    real = cppsim._run_compiler
+    real = cppsim_compile._run_compiler
 
     def counting(command, cwd, env):
         calls.append(command)
         return real(command, cwd, env)
 
-    monkeypatch.setattr(cppsim, "_run_compiler", counting)
+    monkeypatch.setattr(cppsim_compile, "_run_compiler", counting)
     model = replicate_add_graph()
-    _, first = cppsim.compile_cppsim(
+    _, first = cppsim_compile.compile_cppsim(
         model, toolchain=toolchain, progress=False, work_dir=tmp_path / "a"
     )
     assert len(calls) == first.n_compiled  # 2 if this test runs first, else 0
     calls.clear()
-    compiled, second = cppsim.compile_cppsim(
+    compiled, second = cppsim_compile.compile_cppsim(
         model, toolchain=toolchain, progress=False, work_dir=tmp_path / "b"
     )
     assert calls == []
@@ -495,7 +495,7 @@ def test_cache_avoids_recompiling(toolchain, tmp_path, monkeypatch):
     for attr in changed.graph.node[1].attribute:
         if attr.name == "PE":
             attr.i = 4
-    _, third = cppsim.compile_cppsim(
+    _, third = cppsim_compile.compile_cppsim(
         changed, toolchain=toolchain, progress=False, work_dir=tmp_path / "c"
     )
     assert len(calls) == 1
@@ -549,11 +549,13 @@ def test_simulate_cppsim_of_a_build(toolchain, tmp_path):
 
 
 def test_find_hw_model(tmp_path):
+    from finn_flow.graph import find_hw_model
+
     with pytest.raises(FinnFlowError, match="No specialised HW graph"):
-        cppsim.find_hw_model(tmp_path)
+        find_hw_model(tmp_path)
     (tmp_path / "intermediate_models").mkdir()
     (tmp_path / "intermediate_models" / "step_hw_codegen.onnx").write_bytes(b"")
-    assert cppsim.find_hw_model(tmp_path).name == "step_hw_codegen.onnx"
+    assert find_hw_model(tmp_path).name == "step_hw_codegen.onnx"
 
 
 @pytest.mark.slow

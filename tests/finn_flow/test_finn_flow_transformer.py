@@ -20,7 +20,8 @@ pytest.importorskip("finn")
 from brevitas_apq.cli import app
 from brevitas_apq.finn_bridge import build_run
 from brevitas_apq.plans import BitPlan
-from brevitas_apq.training import TrainConfig, load_run, train_run
+from brevitas_apq.rundir import load_run
+from brevitas_apq.training import TrainConfig, train_run
 from tests.helpers import csv_data
 
 # module fixtures train two runs and build them; the first test using them pays for that, and

@@ -30,6 +30,7 @@ from qonnx.core.datatype import DataType
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.core.onnx_exec import execute_onnx
 from qonnx.custom_op.general.intquant import max_int, min_int
+from qonnx.transformation.general import RemoveUnusedTensors
 from qonnx.transformation.infer_datatypes import InferDataTypes
 from qonnx.transformation.infer_shapes import InferShapes
 from qonnx.util.basic import qonnx_make_model
@@ -55,7 +56,6 @@ from finn_flow.transforms import (
     LowerWeightZeroPoint,
     LowerZeroPoints,
     ZeroPointError,
-    _RemoveUnusedInitializers,
     quant_nodes_with_zero_point,
     smallest_int_datatype,
 )
@@ -289,10 +289,11 @@ def test_lower_zero_points_reports_changed_and_leaves_others_alone():
 
 
 def test_remove_unused_initializers_reports_changed():
+    """qonnx's RemoveUnusedTensors, which the zero-point lowerings use for the old constants."""
     model = act_zp_model([2, 4], S, 0.0, 8, 1, 0)
     model.set_initializer("stale", np.zeros(3, np.float32))
     x = ties((2, 4), S)
-    new = check_rewrite(model, _RemoveUnusedInitializers(), [{"x": x}])
+    new = check_rewrite(model, RemoveUnusedTensors(), [{"x": x}])
     assert new.get_initializer("stale") is None and new.get_initializer("q_s") is not None
 
 

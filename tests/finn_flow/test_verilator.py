@@ -3,7 +3,7 @@
 Small single-node graphs built directly (a generic ``Thresholding`` specialised with
 ``SpecializeLayers`` for a 7-series part, or ``*_rtl`` nodes made directly), simulated
 through :mod:`finn_flow.verilator` and compared bit for bit with the generic op's Python
-execution (:func:`finn_flow.cppsim.python_model`). Each Verilator build takes ~5 s; compiled
+execution (:func:`finn_flow.graph.python_model`). Each Verilator build takes ~5 s; compiled
 models are cached for the session (``APQ_CACHE_DIR`` if set).
 
 Measured facts these tests pin down (finn-plus 1.6.1, Verilator 5.006):
@@ -127,7 +127,7 @@ def python_outputs(model: ModelWrapper, samples) -> np.ndarray:
     """FINN's Python execution of the graph (generic ops), stacked over the samples."""
     from finn.core.onnx_exec import execute_onnx
 
-    from finn_flow.cppsim import python_model
+    from finn_flow.graph import python_model
 
     py = python_model(model)
     return np.stack([execute_onnx(py, {"x": np.asarray(s, np.float32)})["y"] for s in samples])
@@ -423,9 +423,9 @@ def _quickstart_node_inputs(work: Path, n_windows: int):
     from finn.core.onnx_exec import execute_onnx
     from finn.util.execution import execute_parent
 
-    from brevitas_apq.training import load_run
-    from finn_flow.cppsim import python_model
+    from brevitas_apq.rundir import load_run
     from finn_flow.emulation import _as_samples, _first_dynamic_input
+    from finn_flow.graph import python_model
 
     _, _, spec = load_run(str(QUICKSTART))
     windows = spec.load().X_test[:n_windows]
