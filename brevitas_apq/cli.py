@@ -361,7 +361,7 @@ def quickstart(
         "runs/quickstart"
     ),
     epochs: Annotated[int, typer.Option(help="Max float epochs.")] = 30,
-    qat_epochs: Annotated[int, typer.Option(help="Max QAT epochs.")] = 12,
+    qat_epochs: Annotated[int, typer.Option(help="Max QAT epochs (apq train's default).")] = 20,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     finn: Annotated[

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> dict:
     budget = (
         TrainConfig(float_epochs=2, qat_epochs=1, max_batches=30)
         if args.quick
-        else TrainConfig(float_epochs=30, qat_epochs=12)
+        else TrainConfig(float_epochs=30, qat_epochs=20)
     )
     metrics = train_run(
         args.out,
