@@ -438,11 +438,7 @@ class BitPlan:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> BitPlan:
-        data = load_plan_yaml(path)
-        try:
-            return cls.from_dict(data or {})
-        except PlanError as err:
-            raise PlanError(f"plan file {str(path)!r}: {err}") from None
+        return _from_yaml_file(cls, path)
 
     # --- output ---------------------------------------------------------------------------------
 
@@ -536,6 +532,15 @@ class BitPlan:
         for name, q in self.activations.items():
             out[name] = f"{q.bits}b {'unsigned' if name in UNSIGNED_ACTIVATIONS else q.scheme}"
         return out
+
+
+def _from_yaml_file(cls, path: str | Path):
+    """``cls.from_dict`` of a bounded plan file (:func:`load_plan_yaml`), errors naming it."""
+    data = load_plan_yaml(path)
+    try:
+        return cls.from_dict(data or {})
+    except PlanError as err:
+        raise PlanError(f"plan file {str(path)!r}: {err}") from None
 
 
 def _merge(spec: QuantSpec, values: Any, *where: str) -> QuantSpec:
@@ -822,11 +827,7 @@ class ModulePlan:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> ModulePlan:
-        data = load_plan_yaml(path)
-        try:
-            return cls.from_dict(data or {})
-        except PlanError as err:
-            raise PlanError(f"plan file {str(path)!r}: {err}") from None
+        return _from_yaml_file(cls, path)
 
     def to_dict(self) -> dict[str, Any]:
         """The explicit form: every role of every entry spelled out."""
