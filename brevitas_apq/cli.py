@@ -484,6 +484,13 @@ def reproduce(
         str | None,
         typer.Option(help="APQ threshold sweep of sq-apq/all-apq, e.g. 0,0.05,0.1,0.2,0.5,1."),
     ] = None,
+    decision_rules: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated APQ decision rules, each trained for every APQ configuration: "
+            "paper, hysteresis (band 0.2, momentum 0.02), or both."
+        ),
+    ] = "paper",
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Parallel worker processes.")] = 1,
     patience: PatienceOpt = 10,
     batch_size: BatchSizeOpt = 64,
@@ -522,6 +529,7 @@ def reproduce(
     from brevitas_apq import experiments
     from brevitas_apq.finn_bridge import DEFAULT_BOARD
     from brevitas_apq.plans import BIT_PRESETS, SCHEME_PRESETS
+    from brevitas_apq.quant.validation import DECISION_RULES
     from brevitas_apq.training import TrainConfig
 
     def pick(value, key, default):
@@ -538,6 +546,7 @@ def reproduce(
         seeds=pick(seeds, "seeds", 3),
         thresholds=experiments.parse_thresholds(thresholds),
         threshold=threshold,
+        rules=experiments.parse_list(decision_rules, DECISION_RULES, "decision rule"),
         train=TrainConfig(
             float_epochs=pick(epochs, "float_epochs", 30),
             qat_epochs=pick(qat_epochs, "qat_epochs", 20),

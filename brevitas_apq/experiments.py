@@ -45,7 +45,9 @@ from brevitas_apq.data import DataSpec
 from brevitas_apq.errors import APQError
 from brevitas_apq.health import degenerate_reasons
 from brevitas_apq.models import ModelConfig
-from brevitas_apq.plans import BIT_PRESETS, SCHEME_PRESETS, BitPlan, PlanError
+from brevitas_apq.plans import BIT_PRESETS, SCHEME_PRESETS, BitPlan, DecisionRule, PlanError
+from brevitas_apq.quant.core import DEFAULT_DECISION_BAND, DEFAULT_DECISION_RULE
+from brevitas_apq.quant.validation import DECISION_RULES
 from brevitas_apq.report import fmt
 from brevitas_apq.rundir import CHECKPOINT
 from brevitas_apq.training import TrainConfig
@@ -64,28 +66,43 @@ class GridError(APQError):
 
 @dataclass(frozen=True)
 class Config:
-    """One QAT configuration of the grid: bit preset, scheme preset and APQ threshold."""
+    """One QAT configuration of the grid: bit preset, scheme preset, APQ threshold and APQ
+    decision rule (``paper`` or ``hysteresis`` with its default band and momentum, plans.py).
+
+    Threshold and rule only name APQ configurations; the paper's rule adds nothing to the name,
+    so grids run before the rule became a grid option keep their run directories.
+    """
 
     bits: str
     schemes: str
     threshold: float = DEFAULT_THRESHOLD
+    rule: str = DEFAULT_DECISION_RULE
 
     @property
     def is_apq(self) -> bool:
         return "apq" in self.schemes
 
     @property
+    def _rule_suffix(self) -> str:
+        return "" if self.rule == DEFAULT_DECISION_RULE else self.rule
+
+    @property
     def name(self) -> str:
         base = f"{self.bits}/{self.schemes}"
-        return f"{base} t={self.threshold:g}" if self.is_apq else base
+        if not self.is_apq:
+            return base
+        return " ".join(filter(None, [f"{base} t={self.threshold:g}", self._rule_suffix]))
 
     @property
     def dirname(self) -> str:
         base = f"{self.bits}_{self.schemes}"
-        return f"{base}_t{self.threshold:g}" if self.is_apq else base
+        if not self.is_apq:
+            return base
+        return "_".join(filter(None, [f"{base}_t{self.threshold:g}", self._rule_suffix]))
 
     def plan(self) -> BitPlan:
-        return BitPlan.from_presets(self.bits, self.schemes, self.threshold)
+        decision = DecisionRule(self.rule) if self.is_apq else None
+        return BitPlan.from_presets(self.bits, self.schemes, self.threshold, decision)
 
 
 def parse_list(text: str | Sequence[str] | None, valid: Sequence[str], kind: str) -> tuple:
@@ -123,14 +140,21 @@ def parse_thresholds(text: str | Sequence[float] | None) -> tuple[float, ...]:
 
 
 def configurations(
-    bits: Sequence[str], schemes: Sequence[str], thresholds: Sequence[float], threshold: float
+    bits: Sequence[str],
+    schemes: Sequence[str],
+    thresholds: Sequence[float],
+    threshold: float,
+    rules: Sequence[str] = (DEFAULT_DECISION_RULE,),
 ) -> list[Config]:
-    """The main grid (APQ at ``threshold``) followed by the threshold sweep of the APQ schemes."""
-    grid = [Config(b, s, threshold) for b in bits for s in schemes]
-    for t in thresholds:
+    """The main grid (APQ at ``threshold``, once per decision rule) followed by the threshold
+    sweep of the APQ schemes (also once per rule)."""
+    grid = []
+    for t in (threshold, *thresholds):
         for b in bits:
             for s in schemes:
                 if s in APQ_SCHEMES:
+                    grid += [Config(b, s, t, r) for r in rules]
+                elif t == threshold:
                     grid.append(Config(b, s, t))
     return list(dict.fromkeys(grid))
 
@@ -251,12 +275,77 @@ def _execute(tasks: list[dict[str, Any]], jobs: int, log: Callable[[str], None])
 # --- results ------------------------------------------------------------------------------------
 
 
-def _adaptive_quantizers(run: Path) -> list[str]:
+_DECISION_COLUMNS = [
+    "quantizer",
+    "steps",
+    "flips",
+    "aq_step_fraction",
+    "final_scheme",
+    "final_symmetry",
+    "frozen_scheme",
+    "kept_symmetry",
+    "agrees",
+]
+
+
+def decision_records(run: Path, threshold: float, frozen: dict[str, str]) -> pd.DataFrame:
+    """Per APQ quantiser of one QAT run (from its ``symmetry.csv`` and ``history.csv``).
+
+    ``flips``: changes of the SQ/AQ decision over all QAT mini-batches; ``final_scheme`` /
+    ``final_symmetry``: the last mini-batch's; ``frozen_scheme``: the exported decision
+    (``frozen``, ``metrics["schemes"]``), which is the one at the end of the kept (best
+    validation) epoch; ``kept_symmetry``: the mean S over that epoch's mini-batches; ``agrees``:
+    1 if the frozen decision is the one that mean S gives (AQ iff S > threshold), 0 if not, NaN
+    where the mean S lies within the hysteresis band (threshold +- 20 %, where either decision
+    is acceptable) or the kept epoch cannot be located.
+    """
     path = run / "symmetry.csv"
     if not path.is_file() or path.stat().st_size == 0:
-        return []
-    frame = pd.read_csv(path, usecols=["quantizer"])
-    return list(dict.fromkeys(frame.quantizer))
+        return pd.DataFrame(columns=_DECISION_COLUMNS)
+    sym = pd.read_csv(path).sort_values("step", kind="stable")
+    window = _kept_epoch_steps(run, int(sym["step"].max()) if len(sym) else 0)
+    band = DEFAULT_DECISION_BAND * threshold
+    rows = []
+    for quantizer, q in sym.groupby("quantizer", sort=False):
+        schemes = q["scheme"].to_numpy()
+        kept = np.nan
+        if window is not None:
+            in_kept = q["step"].between(window[0], window[1])
+            kept = float(q.loc[in_kept, "symmetry"].mean()) if in_kept.any() else np.nan
+        frozen_scheme = frozen.get(quantizer, "")
+        agrees = np.nan
+        if frozen_scheme and np.isfinite(kept) and abs(kept - threshold) > band:
+            agrees = float(frozen_scheme == ("AQ" if kept > threshold else "SQ"))
+        rows.append(
+            {
+                "quantizer": quantizer,
+                "steps": len(q),
+                "flips": int((schemes[1:] != schemes[:-1]).sum()),
+                "aq_step_fraction": float((schemes == "AQ").mean()),
+                "final_scheme": schemes[-1],
+                "final_symmetry": float(q["symmetry"].iloc[-1]),
+                "frozen_scheme": frozen_scheme,
+                "kept_symmetry": kept,
+                "agrees": agrees,
+            }
+        )
+    return pd.DataFrame(rows, columns=_DECISION_COLUMNS)
+
+
+def _kept_epoch_steps(run: Path, last_step: int) -> tuple[int, int] | None:
+    """The first and last mini-batch step of the kept QAT epoch (the last one marked best in
+    ``history.csv``); None if it cannot be located (no history, or an uneven step count)."""
+    path = run / "history.csv"
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    history = pd.read_csv(path)
+    qat = history[history["phase"] == "qat"]
+    best = qat[qat["best"].astype(bool)]
+    if best.empty or last_step <= 0 or last_step % len(qat):
+        return None
+    per_epoch = last_step // len(qat)
+    kept = int(best["epoch"].iloc[-1])
+    return (kept - 1) * per_epoch + 1, kept * per_epoch
 
 
 def _zero_point_ops(metrics: dict[str, Any]) -> float:
@@ -281,6 +370,7 @@ def _row(config: Config | None, seed: int, run: Path, metrics: dict[str, Any]) -
             "bits": "float",
             "schemes": "",
             "threshold": float("nan"),
+            "rule": "",
             "seed": seed,
             "rmse": metrics["float_rmse"],
             "mae": metrics.get("float_mae", float("nan")),
@@ -295,18 +385,23 @@ def _row(config: Config | None, seed: int, run: Path, metrics: dict[str, Any]) -
             "n_aq": 0,
             "n_apq": 0,
             "n_apq_aq": 0,
+            "flips": float("nan"),
+            "flips_max": float("nan"),
+            "agreement": float("nan"),
             "epochs_run": metrics.get("float_epochs_run", metrics.get("epochs_run")),
             "train_seconds": metrics.get("train_seconds"),
             **health,
             "run_dir": str(run),
         }
     schemes = metrics.get("schemes", {})
-    adaptive = _adaptive_quantizers(run)
+    decisions = decision_records(run, config.threshold, schemes)
+    adaptive = list(decisions["quantizer"])
     return {
         "config": config.name,
         "bits": config.bits,
         "schemes": config.schemes,
         "threshold": config.threshold if config.is_apq else float("nan"),
+        "rule": config.rule if config.is_apq else "",
         "seed": seed,
         "rmse": metrics["rmse"],
         "mae": metrics.get("mae", float("nan")),
@@ -321,6 +416,12 @@ def _row(config: Config | None, seed: int, run: Path, metrics: dict[str, Any]) -
         "n_aq": sum(v == "AQ" for v in schemes.values()),
         "n_apq": len(adaptive),
         "n_apq_aq": sum(schemes.get(q) == "AQ" for q in adaptive),
+        # decision flips of the run (sum over its APQ quantisers, and the worst quantiser) and
+        # the share of its unambiguous APQ quantisers whose exported decision matches the kept
+        # epoch's mean S (decision_records)
+        "flips": float(decisions["flips"].sum()) if adaptive else float("nan"),
+        "flips_max": float(decisions["flips"].max()) if adaptive else float("nan"),
+        "agreement": float(decisions["agrees"].mean()) if adaptive else float("nan"),
         "epochs_run": metrics.get("qat_epochs_run", metrics.get("epochs_run")),
         "train_seconds": metrics.get("train_seconds"),
         **health,
@@ -357,8 +458,10 @@ def aggregate(results: pd.DataFrame) -> pd.DataFrame:
     the runs of a configuration whose model is degenerate."""
     if results.empty:
         return pd.DataFrame()
-    keys = ["config", "bits", "schemes", "threshold"]
+    keys = ["config", "bits", "schemes", "threshold", "rule"]
     frame = results.copy()
+    if "rule" not in frame:
+        frame["rule"] = ""
     frame["threshold"] = frame["threshold"].fillna(-1.0)  # groupby drops NaN keys
     numeric = [
         c
@@ -372,7 +475,7 @@ def aggregate(results: pd.DataFrame) -> pd.DataFrame:
         agg["degenerate_runs"] = grouped["degenerate"].sum()
     if "beats_persistence" in frame:  # runs whose test RMSE is below persistence's
         agg["beats_persistence_runs"] = grouped["beats_persistence"].sum()
-    for column in ("val_rmse", "skill"):
+    for column in ("val_rmse", "skill", "flips"):
         if column in frame:
             agg[f"{column}_std"] = grouped[column].std(ddof=1)
     agg["rmse_std"] = grouped["rmse"].std(ddof=1) if len(frame) else np.nan
@@ -443,47 +546,38 @@ def markdown_table(agg: pd.DataFrame, finn: bool = False) -> str:
 
 
 def stability(results: pd.DataFrame) -> pd.DataFrame:
-    """Per configuration and APQ quantiser: decision flips during training, over seeds."""
-    rows = []
+    """Per configuration and APQ quantiser, over seeds: decision flips during training, the
+    final and exported decisions, and their agreement with the kept epoch's S
+    (:func:`decision_records`)."""
+    records = []
     for _, run in results[results.config != "float"].iterrows():
-        path = Path(run["run_dir"]) / "symmetry.csv"
-        if not path.is_file() or path.stat().st_size == 0:
-            continue
-        sym = pd.read_csv(path)
-        for quantizer, q in sym.groupby("quantizer", sort=False):
-            q = q.sort_values("step")
-            schemes = q["scheme"].to_numpy()
-            rows.append(
-                {
-                    "config": run["config"],
-                    "threshold": run["threshold"],
-                    "seed": run["seed"],
-                    "quantizer": quantizer,
-                    "steps": len(q),
-                    "flips": int((schemes[1:] != schemes[:-1]).sum()),
-                    "aq_step_fraction": float((schemes == "AQ").mean()) if len(q) else np.nan,
-                    "final_scheme": schemes[-1] if len(q) else "",
-                    "final_symmetry": float(q["symmetry"].iloc[-1]) if len(q) else np.nan,
-                }
+        path = Path(run["run_dir"]) / "metrics.json"
+        frozen = io.read_json(path, fix=_RETRAIN).get("schemes", {}) if path.is_file() else {}
+        rec = decision_records(Path(run["run_dir"]), run["threshold"], frozen)
+        if len(rec):
+            records.append(
+                rec.assign(config=run["config"], threshold=run["threshold"], seed=run["seed"])
             )
-    per_run = pd.DataFrame(rows)
-    if per_run.empty:
-        return pd.DataFrame(
-            columns=[
-                "config",
-                "threshold",
-                "quantizer",
-                "runs",
-                "steps_mean",
-                "flips_mean",
-                "flips_max",
-                "runs_with_flips",
-                "final_aq_runs",
-                "aq_step_fraction",
-                "final_symmetry_mean",
-                "final_symmetry_std",
-            ]
-        )
+    columns = [
+        "config",
+        "threshold",
+        "quantizer",
+        "runs",
+        "steps_mean",
+        "flips_mean",
+        "flips_max",
+        "runs_with_flips",
+        "final_aq_runs",
+        "frozen_aq_runs",
+        "aq_step_fraction",
+        "final_symmetry_mean",
+        "final_symmetry_std",
+        "kept_symmetry_mean",
+        "agreement",
+    ]
+    if not records:
+        return pd.DataFrame(columns=columns)
+    per_run = pd.concat(records, ignore_index=True)
     grouped = per_run.groupby(["config", "threshold", "quantizer"], sort=False)
     out = grouped.agg(
         runs=("seed", "nunique"),
@@ -492,11 +586,34 @@ def stability(results: pd.DataFrame) -> pd.DataFrame:
         flips_max=("flips", "max"),
         runs_with_flips=("flips", lambda f: int((f > 0).sum())),
         final_aq_runs=("final_scheme", lambda s: int((s == "AQ").sum())),
+        frozen_aq_runs=("frozen_scheme", lambda s: int((s == "AQ").sum())),
         aq_step_fraction=("aq_step_fraction", "mean"),
         final_symmetry_mean=("final_symmetry", "mean"),
         final_symmetry_std=("final_symmetry", "std"),
+        kept_symmetry_mean=("kept_symmetry", "mean"),
+        agreement=("agrees", "mean"),
     )
-    return out.reset_index()
+    return out.reset_index()[columns]
+
+
+def decision_table(agg: pd.DataFrame) -> str:
+    """The APQ configurations of an aggregated grid as a Markdown table of their decisions:
+    flips per run (sum over the APQ quantisers, mean ± std over seeds), the worst quantiser's
+    flips, and the agreement of the exported decisions with the kept epoch's S."""
+    apq = agg[agg["schemes"].isin(APQ_SCHEMES)] if len(agg) else agg
+    lines = [
+        "| configuration | seeds | flips per run (sum over APQ quantisers) | worst quantiser "
+        "(mean) | exported = kept epoch's S | RMSE (mean ± std) | zero-point ops |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for _, r in apq.iterrows():
+        std = "" if pd.isna(r.get("rmse_std")) else f" ± {r['rmse_std']:.3f}"
+        lines.append(
+            f"| {r['config']} | {int(r['seeds'])} | {_mean_std(r, 'flips', ',.1f')} | "
+            f"{fmt(r['flips_max'], ',.1f')} | {fmt(r['agreement'], '.3f')} | "
+            f"{r['rmse_mean']:.3f}{std} | {fmt(r['zero_point_ops'], ',.0f')} |"
+        )
+    return "\n".join(lines)
 
 
 def threshold_table(results: pd.DataFrame, thresholds: Sequence[float]) -> pd.DataFrame:
@@ -648,6 +765,7 @@ def command_line(
     threshold: float,
     train: TrainConfig,
     data: DataSpec,
+    rules: Sequence[str] = (DEFAULT_DECISION_RULE,),
     model_options: dict[str, Any] | None = None,
     jobs: int = 1,
     finn: bool = False,
@@ -681,7 +799,7 @@ def command_line(
     if train.qat_from_scratch:
         extra.append("qat_from_scratch=True")
     args += ["--bits", ",".join(bits), "--schemes", ",".join(schemes)]
-    args += ["--threshold", _number(threshold)]
+    args += ["--threshold", _number(threshold), "--decision-rules", ",".join(rules)]
     if thresholds:
         args += ["--thresholds", ",".join(_number(t) for t in thresholds)]
     args += ["--data", data.dataset, "--predict", data.predict]
@@ -800,6 +918,7 @@ def reproduce(
     seeds: int | Iterable[int] = 3,
     thresholds: Sequence[float] = (),
     threshold: float = DEFAULT_THRESHOLD,
+    rules: Sequence[str] = (DEFAULT_DECISION_RULE,),
     train: TrainConfig | None = None,
     data: DataSpec | None = None,
     model_options: dict[str, Any] | None = None,
@@ -813,6 +932,8 @@ def reproduce(
     """Run (or continue) the grid in ``out`` and write its tables and plots (module docstring).
 
     ``seeds`` is a count (seeds 0..n-1) or explicit seeds; ``train.seed`` is ignored.
+    ``rules`` are the APQ decision rules every APQ configuration is trained with (one run
+    directory each; ``hysteresis`` with its default band and momentum).
     ``train`` defaults to ``TrainConfig()`` and ``data`` to the embedded Beijing data.
     """
     start = time.perf_counter()
@@ -823,11 +944,17 @@ def reproduce(
     schemes = parse_list(list(schemes), SCHEME_PRESETS, "scheme preset")
     thresholds = parse_thresholds(list(thresholds))
     (threshold,) = parse_thresholds([threshold])
+    rules = parse_list(list(rules), DECISION_RULES, "decision rule")
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if not seed_list or any(not isinstance(s, int) or s < 0 for s in seed_list):
         raise GridError(f"seeds={seeds!r} is invalid; allowed: a count >= 1 or integers >= 0")
     if not isinstance(jobs, int) or jobs < 1:
         raise GridError(f"jobs={jobs!r} is invalid; allowed: an integer >= 1")
+    if rules != (DEFAULT_DECISION_RULE,) and not any(s in APQ_SCHEMES for s in schemes):
+        raise GridError(
+            f"--decision-rules applies to the APQ schemes ({', '.join(APQ_SCHEMES)}), "
+            "but --schemes selects none of them"
+        )
     if thresholds and not any(s in APQ_SCHEMES for s in schemes):
         raise GridError(
             f"--thresholds sweeps the APQ schemes ({', '.join(APQ_SCHEMES)}), "
@@ -853,7 +980,7 @@ def reproduce(
     }
     _check_settings(out, settings, overwrite_settings)
     io.remove_stale_temps(out)
-    configs = configurations(bits, schemes, thresholds, threshold)
+    configs = configurations(bits, schemes, thresholds, threshold, rules)
     command = command_line(
         out,
         bits=bits,
@@ -863,6 +990,7 @@ def reproduce(
         threshold=threshold,
         train=train,
         data=data,
+        rules=rules,
         model_options={**{k: defaults[k] for k in _MODEL_FLAGS}, **model_options},
         jobs=jobs,
         finn=finn,
@@ -932,6 +1060,18 @@ def reproduce(
         files.append(io.write_csv(out / "thresholds.csv", sweep))
         files.append(plot_thresholds(sweep, out / "thresholds.png"))
         md += ["", "## APQ threshold sweep", "", markdown_table(sweep)]
+    if len(table) and table["schemes"].isin(APQ_SCHEMES).any():
+        md += [
+            "",
+            "## APQ decisions per configuration",
+            "",
+            "Flips: changes of an APQ quantiser's SQ/AQ decision over all QAT mini-batches. "
+            "'exported = kept epoch's S': the share of APQ quantisers whose exported decision "
+            "is the one their mean S over the kept (best validation) epoch gives, counting "
+            f"those whose mean S is outside threshold ± {DEFAULT_DECISION_BAND:.0%}.",
+            "",
+            decision_table(table),
+        ]
     if len(stab):
         top = stab.sort_values("flips_mean", ascending=False).head(10)
         md += [
