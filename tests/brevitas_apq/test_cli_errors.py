@@ -311,6 +311,7 @@ EVERY_OPTION = [
     "--schemes", "sq-apq,all-sq",
     "--threshold", "0.25",
     "--thresholds", "0,0.3,0.123456789",
+    "--decision-rules", "hysteresis,paper",
     "--jobs", "3",
     "--patience", "7",
     "--batch-size", "16",
@@ -335,7 +336,7 @@ EVERY_OPTION = [
     "--ffn-dim", "48",
     "--norm", "batch",
 ]  # fmt: skip
-SETTINGS = ("bits", "schemes", "seeds", "thresholds", "threshold", "train", "data")
+SETTINGS = ("bits", "schemes", "seeds", "thresholds", "threshold", "rules", "train", "data")
 SETTINGS += ("model_options", "jobs", "finn", "finn_board")
 
 
@@ -361,7 +362,7 @@ def test_regenerate_command_round_trip(args, monkeypatch):
         train_fields = [f.name for f in dataclasses.fields(settings["train"])]
         for field in (f for f in train_fields if f not in ("seed", "threads", "qat_from_scratch")):
             assert getattr(settings["train"], field) != getattr(defaults["train"], field), field
-        for key in ("bits", "schemes", "seeds", "thresholds", "threshold", "jobs", "finn"):
+        for key in ("bits", "schemes", "seeds", "thresholds", "threshold", "rules", "jobs", "finn"):
             assert settings[key] != defaults[key], key
         data, default_data = settings["data"], defaults["data"]
         for field in ("dataset", "window", "horizon", "predict"):

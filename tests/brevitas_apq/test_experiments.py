@@ -188,3 +188,64 @@ def test_cli_reproduce_parallel_and_errors(tmp_path, small_csv):
     assert (
         "unknown scheme preset 'sq-apqq'; valid: all-sq, all-aq, sq-aq, sq-apq, all-apq" in message
     )
+
+
+def test_decision_records_check_the_exported_decision_against_the_kept_epoch(tmp_path):
+    """Two QAT epochs of 4 mini-batches, the first kept: agreement uses epoch 1's mean S."""
+    pd.DataFrame({"phase": ["qat", "qat"], "epoch": [1, 2], "best": [True, False]}).to_csv(
+        tmp_path / "history.csv", index=False
+    )
+    traces = {
+        "a": [0.5] * 4 + [0.0] * 4,  # kept epoch says AQ (the last epoch would say SQ)
+        "b": [0.0] * 4 + [0.5] * 4,  # kept epoch says SQ
+        "c": [0.09, 0.11, 0.1, 0.11] + [0.5] * 4,  # mean 0.1025: inside the ±20 % band
+        "d": [0.05, 0.2] * 4,  # flips every step
+    }
+    rows = [
+        {"quantizer": q, "quant_scheme": "apq", "step": i + 1, "symmetry": v,
+         "scheme": "AQ" if v > 0.1 else "SQ"}
+        for q, trace in traces.items() for i, v in enumerate(trace)
+    ]  # fmt: skip
+    pd.DataFrame(rows).to_csv(tmp_path / "symmetry.csv", index=False)
+    frozen = {"a": "AQ", "b": "AQ", "c": "SQ", "d": "SQ"}
+    rec = experiments.decision_records(tmp_path, 0.1, frozen).set_index("quantizer")
+    assert rec.loc["a", "agrees"] == 1.0 and rec.loc["a", "kept_symmetry"] == pytest.approx(0.5)
+    assert rec.loc["b", "agrees"] == 0.0  # exported AQ, kept epoch's S says SQ
+    assert pd.isna(rec.loc["c", "agrees"])
+    assert rec.loc["d", "agrees"] == 0.0  # mean S 0.125 is above the band: AQ, exported SQ
+    assert rec.flips.to_dict() == {"a": 1, "b": 1, "c": 3, "d": 7}
+    assert rec.loc["a", "final_scheme"] == "SQ" and rec.loc["b", "frozen_scheme"] == "AQ"
+    # 8 steps cannot be 3 equal epochs: the kept epoch is unknown and no agreement is claimed.
+    pd.DataFrame({"phase": ["qat"] * 3, "epoch": [1, 2, 3], "best": [True, False, False]}).to_csv(
+        tmp_path / "history.csv", index=False
+    )
+    assert experiments.decision_records(tmp_path, 0.1, frozen).agrees.isna().all()
+
+
+def test_grid_trains_each_decision_rule_of_the_apq_configurations(tmp_path, data):
+    out = tmp_path / "rules"
+    result = reproduce(
+        out, bits=["all-4"], schemes=["all-sq", "sq-apq"], seeds=1, train=TINY, data=data,
+        rules=["paper", "hysteresis"], log=lambda _: None,
+    )  # fmt: skip
+    assert not result.failed
+    assert list(result.results.config) == [
+        "float", "all-4/all-sq", "all-4/sq-apq t=0.1", "all-4/sq-apq t=0.1 hysteresis",
+    ]  # fmt: skip
+    for config, rule in (
+        ("all-4_sq-apq_t0.1", "paper"),
+        ("all-4_sq-apq_t0.1_hysteresis", "hysteresis"),
+    ):
+        metrics = json.loads((out / "runs" / config / "seed0" / "metrics.json").read_text())
+        assert metrics["decision_rule"]["rule"] == rule
+    assert result.results.rule.tolist()[1:] == ["", "paper", "hysteresis"]
+    md = (out / "results.md").read_text()
+    assert "--decision-rules paper,hysteresis" in md and "## APQ decisions per configuration" in md
+    decisions = md.split("## APQ decisions per configuration")[1].splitlines()
+    line = next(x for x in decisions if x.startswith("| all-4/sq-apq t=0.1 hysteresis | 1 |"))
+    flips = result.results.set_index("config").loc["all-4/sq-apq t=0.1 hysteresis", "flips"]
+    assert f"| {flips:,.1f} |" in line
+    with pytest.raises(GridError, match="decision rule 'vote'"):
+        reproduce(tmp_path / "bad", schemes=["sq-apq"], rules=["vote"])
+    with pytest.raises(GridError, match="--decision-rules applies to the APQ schemes"):
+        reproduce(tmp_path / "bad", schemes=["all-sq"], rules=["hysteresis"])
