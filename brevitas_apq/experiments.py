@@ -29,11 +29,8 @@ import math
 import re
 import shlex
 import time
-import traceback
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +47,7 @@ from brevitas_apq.quant.core import DEFAULT_DECISION_BAND, DEFAULT_DECISION_RULE
 from brevitas_apq.quant.validation import DECISION_RULES
 from brevitas_apq.report import fmt
 from brevitas_apq.rundir import CHECKPOINT
+from brevitas_apq.runner import Task, run_tasks
 from brevitas_apq.training import TrainConfig
 
 # The paper's order of the scheme presets.
@@ -199,77 +197,35 @@ def _run_task(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def _execute(tasks: list[dict[str, Any]], jobs: int, log: Callable[[str], None]) -> dict[str, str]:
-    """Run ``tasks`` (a QAT task waits for its seed's float task); return {dir: error}."""
-    done: set[str] = set()
-    failed: dict[str, str] = {}
-    total = len(tasks)
+    """Run ``tasks`` through the runner (a QAT task waits for its seed's float task), logging
+    each; a failure is written to the run's ``error.txt`` and the grid goes on. {dir: error}."""
     counter = [0]
 
-    def report(task: dict[str, Any], result: dict[str, Any] | None, error: str | None) -> None:
+    def head(task: Task) -> str:
         counter[0] += 1
-        label = "float" if task["kind"] == "float" else task["config"].name
-        head = f"[{counter[0]}/{total}] {label} seed {task['seed']}"
-        if error is not None:
-            log(f"{head}: FAILED ({error.strip().splitlines()[-1]})")
-        elif result["skipped"]:
-            log(f"{head}: done before, kept")
-        else:
-            m = result["metrics"]
-            rmse = m["float_rmse"] if task["kind"] == "float" else m["rmse"]
-            log(f"{head}: test RMSE {rmse:.3f} ({result['seconds']:.0f} s)")
+        spec = task.args[0]
+        label = "float" if spec["kind"] == "float" else spec["config"].name
+        return f"[{counter[0]}/{len(tasks)}] {label} seed {spec['seed']}"
 
-    def ready(task: dict[str, Any]) -> bool:
-        return task.get("after") is None or task["after"] in done
+    def done(task: Task, result: dict[str, Any]) -> None:
+        if result["skipped"]:
+            log(f"{head(task)}: done before, kept")
+            return
+        m = result["metrics"]
+        rmse = m["float_rmse"] if task.args[0]["kind"] == "float" else m["rmse"]
+        log(f"{head(task)}: test RMSE {rmse:.3f} ({result['seconds']:.0f} s)")
 
-    def blocked(task: dict[str, Any]) -> bool:
-        return task.get("after") is not None and task["after"] in failed
+    def error(task: Task, text: str) -> None:
+        io.write_text(Path(task.key) / "error.txt", text)
+        log(f"{head(task)}: FAILED ({text.strip().splitlines()[-1]})")
 
-    def record_failure(task: dict[str, Any], error: str) -> None:
-        failed[task["dir"]] = error
-        io.write_text(Path(task["dir"]) / "error.txt", error)
-
-    pending = list(tasks)
-    if jobs <= 1:
-        for task in pending:
-            if blocked(task):
-                failed[task["dir"]] = f"its float model failed: {task['after']}"
-                report(task, None, failed[task["dir"]])
-                continue
-            try:
-                result = _run_task(task)
-            except Exception:
-                record_failure(task, traceback.format_exc())
-                report(task, None, failed[task["dir"]])
-                continue
-            done.add(task["dir"])
-            report(task, result, None)
-        return failed
-
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-        running: dict[Any, dict[str, Any]] = {}
-        while pending or running:
-            for task in [t for t in pending if blocked(t)]:
-                pending.remove(task)
-                failed[task["dir"]] = f"its float model failed: {task['after']}"
-                report(task, None, failed[task["dir"]])
-            for task in [t for t in pending if ready(t)]:
-                pending.remove(task)
-                running[pool.submit(_run_task, task)] = task
-            if not running:
-                break
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                task = running.pop(future)
-                try:
-                    result = future.result()
-                except Exception as err:
-                    tb = "".join(traceback.format_exception(err))
-                    record_failure(task, tb)
-                    report(task, None, tb)
-                    continue
-                done.add(task["dir"])
-                report(task, result, None)
-    return failed
+    return run_tasks(
+        [Task(t["dir"], _run_task, (t,), after=t.get("after")) for t in tasks],
+        jobs,
+        on_done=done,
+        on_error=error,
+        keep_going=True,
+    )
 
 
 # --- results ------------------------------------------------------------------------------------

@@ -20,43 +20,40 @@ raising it. The ``keep`` most sensitive layers at ``high`` bits on a ``low`` bac
 proposed mixed plan, written as ``sensitivity/plan.yaml`` (with ``keep=1`` it is exactly the
 measured ``Lk-high`` configuration).
 
+Each configuration is a short QAT run of ``apq train`` itself (``training.train_run`` from the
+run's float weights: same optimizer, cosine schedule, early stopping and best-epoch weights),
+``SensitivitySettings.epochs`` epochs long, run through the one parallel runner
+(``brevitas_apq.runner``) with ``jobs`` workers.
+
 Output in ``RUN_DIR/sensitivity/``: ``configs/NAME.json`` (one per configuration, written
-atomically as it finishes and skipped on a rerun with the same settings: interrupted runs
-resume), ``sensitivity.csv``, ``sensitivity.png``, ``plan.yaml`` and ``summary.json``.
+atomically as it finishes and skipped on a rerun with the same settings), ``runs/NAME/`` (its
+QAT run directory: an interrupted configuration resumes from its last finished epoch),
+``sensitivity.csv``, ``sensitivity.png``, ``plan.yaml`` and ``summary.json``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
 from brevitas_apq import io
-from brevitas_apq.analysis import model_size_bits, operation_counts
-from brevitas_apq.data import WindowedDataset
 from brevitas_apq.errors import ConfigError, RunError
 from brevitas_apq.models import TimeSeriesTransformer
 from brevitas_apq.plans import LAYERS, BitPlan, LayerSpec
 from brevitas_apq.quant.validation import check_bit_width
 from brevitas_apq.rundir import CHECKPOINT, MODEL_FILE, fingerprint, load_run
-from brevitas_apq.training import (
-    TrainConfig,
-    build_models,
-    epoch_batches,
-    evaluate,
-    train_epoch,
-)
+from brevitas_apq.runner import Task, run_tasks
+from brevitas_apq.training import TrainConfig, train_run
 
 OUT_DIR = "sensitivity"
+RUNS_DIR = "runs"  # the configurations' QAT run directories, beside configs/
 BASE_HIGH = "base-high"
 BASE_LOW = "base-low"
 
@@ -88,6 +85,18 @@ class SensitivitySettings:
             raise ConfigError(f"batch_size={self.batch_size!r} is invalid; allowed: >= 1")
         if not isinstance(self.lr, int | float) or not math.isfinite(self.lr) or self.lr <= 0:
             raise ConfigError(f"lr={self.lr!r} is invalid; allowed: a number > 0")
+
+    def train_config(self) -> TrainConfig:
+        """The QAT of one configuration: ``apq train``'s, for ``epochs`` epochs (its patience
+        and schedule), one torch thread."""
+        return TrainConfig(
+            qat_epochs=self.epochs,
+            max_batches=self.max_batches,
+            batch_size=self.batch_size,
+            qat_lr=self.lr,
+            seed=self.seed,
+            threads=1,
+        )
 
 
 # --- plans ----------------------------------------------------------------------------------
@@ -144,106 +153,66 @@ def configurations(
     return configs
 
 
-# --- short QAT from float weights -----------------------------------------------------------
+# --- one configuration: a short QAT run (in this process or a runner worker) ---------------
 
 
-def qat_from_float(
-    model: TimeSeriesTransformer,
-    float_model: TimeSeriesTransformer,
-    dataset: WindowedDataset,
-    *,
-    epochs: int,
-    batch_size: int = 64,
-    lr: float = 5e-4,
-    seed: int = 0,
-    max_batches: int | None = None,
-    progress: bool = False,
-    desc: str = "qat",
-) -> list[dict[str, Any]]:
-    """QAT of ``model`` for ``epochs`` epochs starting from ``float_model``'s weights.
-
-    Adam on the MSE loss with the batch order of ``apq train``'s QAT phase for ``seed``; the
-    weights with the best validation RMSE are kept (loaded into ``model``, left in eval mode).
-    Returns one history row per epoch.
-    """
-    model.load_float_weights(float_model)
-    X = torch.from_numpy(dataset.X_train)
-    y = torch.from_numpy(dataset.model_target("train"))
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    best, best_val, history = None, None, []
-    budget = TrainConfig(batch_size=batch_size, seed=seed, max_batches=max_batches or None)
-    for epoch in range(epochs):
-        batches = epoch_batches(budget, "qat", epoch, len(X))
-        bar = tqdm(batches, desc=f"{desc} {epoch + 1}/{epochs}", disable=not progress)
-        train_loss = train_epoch(model, optimizer, X, y, bar)
-        val = evaluate(model, dataset, "val")["rmse"]
-        history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_rmse": val})
-        if best_val is None or val < best_val:
-            best_val = val
-            best = {k: v.clone() for k, v in model.state_dict().items()}
-    model.load_state_dict(best)
-    model.eval()
-    return history
-
-
-# --- one configuration (in this process or a worker) ----------------------------------------
-
-_CACHE: dict[str, tuple] = {}
-
-
-def _context(run_dir: str) -> tuple[TimeSeriesTransformer, WindowedDataset]:
-    if run_dir not in _CACHE:
-        float_model, _, data = load_run(run_dir)
-        _CACHE.clear()
-        _CACHE[run_dir] = (float_model, data.load())
-    return _CACHE[run_dir]
+def _model_options(model: TimeSeriesTransformer) -> dict[str, Any]:
+    """The ``train_run`` model options that rebuild ``model`` (the data sets the rest)."""
+    options = dataclasses.asdict(model.config)
+    return {k: v for k, v in options.items() if k not in ("n_features", "window")}
 
 
 def _run_config(
-    run_dir: str, name: str, plan_dict: dict, settings: dict, path: str, progress: bool = False
+    run_dir: str,
+    name: str,
+    plan_dict: dict,
+    settings: dict,
+    path: str,
+    overwrite: bool = False,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        start = time.perf_counter()
-        float_model, dataset = _context(run_dir)
-        plan = BitPlan.from_dict(plan_dict)
-        s = SensitivitySettings(**{k: v for k, v in settings.items() if k != "run"})
-        _, model = build_models(float_model.config, plan, s.seed)
-        history = qat_from_float(
-            model,
-            float_model,
-            dataset,
-            epochs=s.epochs,
-            batch_size=s.batch_size,
-            lr=s.lr,
-            seed=s.seed,
-            max_batches=s.max_batches,
-            progress=progress,
-            desc=name,
-        )
-        val = evaluate(model, dataset, "val")  # ranks and proposes
-        test = evaluate(model, dataset, "test")  # reported only
-        ops = operation_counts(model)
-        result = {
-            "name": name,
-            "plan": plan.name,
-            "plan_spec": plan_dict,
-            "settings": settings,
-            "val_rmse": val["rmse"],
-            "test_rmse": test["rmse"],
-            "test_mae": test["mae"],
-            "best_val_rmse": min(h["val_rmse"] for h in history),
-            "int_ops": ops["int_ops"],
-            "zero_point_ops": ops["zero_point_ops"],
-            "model_size_bits": model_size_bits(model),
-            "history": history,
-            "seconds": time.perf_counter() - start,
-        }
-        io.write_json(path, result)
-        return result
-    finally:
-        torch.set_num_threads(previous)
+    """Train configuration ``name`` and write its result to ``path`` (``configs/NAME.json``).
+
+    The training is ``apq train``'s QAT phase itself (``training.train_run`` with the run's
+    float weights as ``float_init``: its optimizer, cosine schedule, early stopping on the
+    validation split, best-epoch weights and checkpoints), in ``runs/NAME`` beside ``configs``,
+    so an interrupted configuration resumes from its last epoch (``overwrite``: starts again).
+    """
+    start = time.perf_counter()
+    float_model, _, data = load_run(run_dir)
+    s = SensitivitySettings(**{k: v for k, v in settings.items() if k != "run"})
+    work = Path(path).parent.parent / RUNS_DIR / name
+    resume = (work / CHECKPOINT).is_file() and not overwrite
+    metrics = train_run(
+        work,
+        data=data,
+        plan=BitPlan.from_dict(plan_dict),
+        train=s.train_config(),
+        model_options=_model_options(float_model),
+        float_init=run_dir,
+        resume=resume,
+        overwrite=not resume,
+        progress=progress,
+    )
+    history = pd.read_csv(work / "history.csv")
+    history = history[history.phase == "qat"][["epoch", "train_loss", "val_rmse"]]
+    result = {
+        "name": name,
+        "plan": metrics["plan"],
+        "plan_spec": plan_dict,
+        "settings": settings,
+        "val_rmse": metrics["val_rmse"],  # ranks and proposes
+        "test_rmse": metrics["rmse"],  # reported only
+        "test_mae": metrics["mae"],
+        "best_val_rmse": float(history.val_rmse.min()),
+        "int_ops": metrics["int_ops"],
+        "zero_point_ops": metrics["zero_point_ops"],
+        "model_size_bits": metrics["model_size_bits"],
+        "history": history.to_dict("records"),
+        "seconds": time.perf_counter() - start,
+    }
+    io.write_json(path, result)
+    return result
 
 
 # --- the study ------------------------------------------------------------------------------
@@ -336,21 +305,13 @@ def run_sensitivity(
         if on_result is not None:
             on_result(name, result)
 
-    args = [(str(run_dir), n, p.to_dict(), stamp, str(path)) for n, p, path in todo]
-    if jobs == 1 or len(args) <= 1:
-        for a in tqdm(args, desc="sensitivity", disable=not progress):
-            done(a[1], _run_config(*a))
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx)
-        try:
-            futures = {pool.submit(_run_config, *a): a[1] for a in args}
-            for future in tqdm(
-                as_completed(futures), total=len(futures), desc="sensitivity", disable=not progress
-            ):
-                done(futures[future], future.result())
-        finally:  # on an error or an interrupt, do not start the configurations still queued
-            pool.shutdown(wait=True, cancel_futures=True)
+    args = [(str(run_dir), n, p.to_dict(), stamp, str(path), overwrite) for n, p, path in todo]
+    with tqdm(total=len(args), desc="sensitivity", disable=not progress) as bar:
+        run_tasks(
+            [Task(a[1], _run_config, a) for a in args],
+            jobs,
+            on_done=lambda task, result: (done(task.key, result), bar.update()),
+        )
 
     table = sensitivity_table(results)
     ranking = list(table.layer)
@@ -370,7 +331,9 @@ def run_sensitivity(
         ):
             proposal = saved
         else:
-            proposal = _run_config(str(run_dir), name, proposed.to_dict(), stamp, str(path))
+            proposal = _run_config(
+                str(run_dir), name, proposed.to_dict(), stamp, str(path), overwrite
+            )
     baselines = {k: results[k] for k in (BASE_HIGH, BASE_LOW)}
     io.write_csv(out / "sensitivity.csv", table)
     plot_sensitivity(table, baselines, settings, out / "sensitivity.png")
@@ -489,7 +452,6 @@ __all__ = [
     "default_settings",
     "mixed_plan",
     "plot_sensitivity",
-    "qat_from_float",
     "run_sensitivity",
     "sensitivity_table",
 ]

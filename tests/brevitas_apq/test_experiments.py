@@ -249,3 +249,23 @@ def test_grid_trains_each_decision_rule_of_the_apq_configurations(tmp_path, data
         reproduce(tmp_path / "bad", schemes=["sq-apq"], rules=["vote"])
     with pytest.raises(GridError, match="--decision-rules applies to the APQ schemes"):
         reproduce(tmp_path / "bad", schemes=["all-sq"], rules=["hysteresis"])
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_failed_float_run_fails_its_seed_and_the_grid_goes_on(tmp_path, data, jobs):
+    out = tmp_path / "g"
+    bad = experiments.float_dir(out, 0)
+    bad.mkdir(parents=True)
+    (bad / "checkpoint.pt").write_bytes(b"not a checkpoint")  # seed 0's float run fails
+    lines: list[str] = []
+    result = reproduce(
+        out, bits=["all-4"], schemes=["all-sq"], seeds=2, train=TINY, data=data,
+        jobs=jobs, log=lines.append,
+    )  # fmt: skip
+    qat0 = experiments.run_dir(out, Config("all-4", "all-sq"), 0)
+    assert set(result.failed) == {str(bad), str(qat0)}
+    assert "checkpoint.pt" in (bad / "error.txt").read_text()
+    assert (qat0 / "error.txt").read_text() == f"it waits for {bad}, which failed"
+    assert sum("FAILED" in line for line in lines) == 2
+    assert list(result.results.seed) == [1, 1]  # seed 1 trained: float and all-4/all-sq
+    assert f"- `{qat0}` (see its error.txt)" in (out / "results.md").read_text()
