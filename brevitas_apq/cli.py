@@ -687,6 +687,12 @@ def search(
     sampler_seed: Annotated[
         int | None, typer.Option(help="Sampler seed (default: random per worker).")
     ] = None,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs", "-j", help="Worker processes sharing this command's --trials in the study."
+        ),
+    ] = 1,
     data: DataOpt = "beijing",
     predict: PredictOpt = "change",
     window: WindowOpt = 24,
@@ -743,6 +749,7 @@ def search(
         ),
         sampler=sampler,
         sampler_seed=sampler_seed,
+        jobs=jobs,
         progress=progress,
         log=lambda line: console.print(line, highlight=False),
     )

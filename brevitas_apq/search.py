@@ -53,6 +53,7 @@ from brevitas_apq.errors import APQError
 from brevitas_apq.health import degenerate_reasons
 from brevitas_apq.plans import ACTIVATIONS, LAYERS, UNSIGNED_ACTIVATIONS, BitPlan
 from brevitas_apq.rundir import CHECKPOINT, fingerprint
+from brevitas_apq.runner import Task, run_tasks
 from brevitas_apq.training import TrainConfig
 
 #: What the search minimises: validation RMSE (never the test split), size, zero-point ops.
@@ -266,6 +267,16 @@ def _redact(url: str) -> str:
     return f"{scheme}://{user}:***@{host}" if ":" in creds else url
 
 
+def _offset(seed: int | None, worker: int) -> int | None:
+    return None if seed is None else seed + worker
+
+
+def _worker(args: dict[str, Any], trials: int, sampler_seed: int | None) -> None:
+    """One worker process of ``search(jobs=...)``: its share of the trials in the shared study
+    (the study object does not cross processes; the parent reads the storage)."""
+    search(**args, trials=trials, sampler_seed=sampler_seed)
+
+
 def _sampler(name: str, seed: int | None):
     import optuna
 
@@ -424,13 +435,18 @@ def search(
     model_options: dict[str, Any] | None = None,
     sampler: str = "tpe",
     sampler_seed: int | None = None,
+    jobs: int = 1,
     progress: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run ``trials`` trials of this worker in the (shared) study, then write the Pareto front.
 
     ``train`` defaults to ``TrainConfig(float_epochs=10, qat_epochs=5)``, ``data`` to the
-    embedded Beijing data. Returns ``{"study", "trials", "pareto", "storage", "float_dir"}``.
+    embedded Beijing data. ``jobs > 1`` splits the trials over that many worker processes
+    (``brevitas_apq.runner``), each a worker of the shared study as a second ``apq search``
+    would be, after the float model is trained here once; with ``sampler_seed`` worker ``i``
+    samples with ``sampler_seed + i`` (the same seed would propose the same plans). Returns
+    ``{"study", "trials", "pareto", "storage", "float_dir"}``.
     """
     from brevitas_apq.training import train_run
 
@@ -440,6 +456,8 @@ def search(
     data = data or DataSpec()
     if not isinstance(trials, int) or trials < 0:
         raise SearchError(f"trials={trials!r} is invalid; allowed: an integer >= 0")
+    if not isinstance(jobs, int) or jobs < 1:
+        raise SearchError(f"jobs={jobs!r} is invalid; allowed: an integer >= 1")
     if sampler not in SAMPLERS:
         raise SearchError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
     out.mkdir(parents=True, exist_ok=True)
@@ -506,7 +524,25 @@ def search(
         )
         return values
 
-    if trials:
+    if trials and jobs > 1:
+        shares = [trials // jobs + (i < trials % jobs) for i in range(jobs)]
+        worker_args = {
+            "out": str(out),
+            "storage": url,
+            "study_name": study_name,
+            "space": space,
+            "train": train,
+            "data": data,
+            "model_options": model_options,
+            "sampler": sampler,
+        }
+        tasks = [
+            Task(f"worker {i}", _worker, (worker_args, n, _offset(sampler_seed, i)))
+            for i, n in enumerate(shares)
+            if n
+        ]
+        run_tasks(tasks, jobs)  # a failing worker stops the search, as a failing trial does
+    elif trials:
         study.optimize(objective, n_trials=trials, gc_after_trial=False)
     trials_df, pareto = write_outputs(study, out)
     return {

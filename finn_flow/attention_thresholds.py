@@ -37,7 +37,29 @@ __all__ = ["StandaloneAttentionOutputThresholds", "av_accumulator_datatype"]
 
 
 def av_accumulator_datatype(a_type: DataType, v_type: DataType, kv_len: int) -> DataType:
-    """Smallest integer type holding ``sum_t a_t v_t`` over ``kv_len`` terms, worst case."""
+    """Smallest integer type holding ``sum_t a_t v_t`` over ``kv_len`` terms, worst case.
+
+    finn-plus computes this accumulator type as well, in
+    ``ScaledDotProductAttention.minimize_accumulator_width``
+    (``finn/custom_op/fpgadataflow/attention.py``, finn-plus 1.6.1), and for the attention this
+    project builds, self-attention (``QLen == KVLen``) with an unsigned softmax output type
+    ``AType``, both give the same type (INT17 in the quickstart design: UINT8 x INT4 over 24
+    terms). Its result is not the worst case in general, so it is not used here:
+
+    * it sums ``QLen`` terms instead of ``KVLen``: its bound is
+      ``calculate_matvec_accumulator_range`` of a constant ``(QLen, KVLen)`` attention matrix,
+      which sums along axis 0 (``QLen``), while ``softmax(QK) V`` sums over the ``KVLen`` keys
+      (UINT8 x INT8, QLen 16, KVLen 64: INT20, where ``255 * -128 * 64`` needs INT22);
+    * it takes the maximum from the ``AType.max()`` corner alone
+      (``max(max(upper_range), max(upper_range))``), so for a signed ``AType`` it misses
+      ``AType.min() * VType.min()`` (INT8 x INT4, one term: INT11, whose maximum 1023 is below
+      ``-128 * -8 = 1024``; here INT12).
+
+    finn's ``step_minimize_bit_width_initial`` later calls that method on the rewritten node
+    (``MinimizeAccumulatorWidth``) and overwrites ``AccAVMatMul``/``OutAVMatMul`` with its
+    type; ``tests/finn_flow/test_attention_thresholds.py`` pins where the two agree and where
+    they do not.
+    """
     corners = [a * v for a in (a_type.min(), a_type.max()) for v in (v_type.min(), v_type.max())]
     return smallest_int_datatype(int(kv_len * min(corners)), int(kv_len * max(corners)))
 

@@ -91,6 +91,31 @@ def test_two_workers_share_one_sqlite_study(tmp_path, small_csv):
     assert (out / "pareto.png").is_file() and len(pd.read_csv(out / "trials.csv")) == 2
 
 
+def test_jobs_split_the_trials_over_worker_processes(tmp_path, small_csv):
+    """``search(jobs=2)``: one float model trained here, then two worker processes of the
+    shared study with their own sampler seeds, three trials between them."""
+    out = tmp_path / "search"
+    lines: list[str] = []
+    space = SearchSpace(min_bits=3, max_bits=5)
+    result = search(
+        out, trials=3, jobs=2, train=TINY, data=csv_data(small_csv), space=space,
+        sampler="random", sampler_seed=7, log=lines.append,
+    )  # fmt: skip
+    complete = [t for t in result["study"].trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 3 and len(result["trials"]) == 3
+    workers = {t.user_attrs["worker"] for t in complete}
+    assert len(workers) == 2 and str(os.getpid()) not in " ".join(workers)
+    assert len(list((out / "float").iterdir())) == 2  # one float model (and its lock file)
+    assert sum("training the float model" in line for line in lines) == 1
+    # worker i samples with seed 7 + i: the two workers' first plans differ
+    firsts = {}
+    for t in sorted(complete, key=lambda t: t.number):
+        firsts.setdefault(t.user_attrs["worker"], t.params)
+    assert len({json.dumps(p, sort_keys=True) for p in firsts.values()}) == 2
+    with pytest.raises(SearchError, match="jobs=0 is invalid"):
+        search(out, trials=1, jobs=0, train=TINY, data=csv_data(small_csv), space=space)
+
+
 # --- PostgreSQL ---------------------------------------------------------------------------------
 
 

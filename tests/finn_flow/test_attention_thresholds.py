@@ -139,3 +139,61 @@ def test_av_accumulator_datatype_covers_the_worst_case():
     assert dt == DataType["INT17"]  # [-48960, 42840] needs 17 signed bits
     dt = av_accumulator_datatype(DataType["UINT4"], DataType["UINT4"], 2)
     assert dt == DataType["UINT9"]  # [0, 450]
+
+
+def _finn_plus_av_accumulator(a_type: str, v_type: str, q_len: int, kv_len: int) -> str:
+    """The AV accumulator type finn-plus's ScaledDotProductAttention.minimize_accumulator_width
+    sets on a node with these types and lengths."""
+    from onnx import helper
+    from qonnx.custom_op.registry import getCustomOp
+
+    node = helper.make_node(
+        "ScaledDotProductAttention",
+        ["q", "k", "v"],
+        ["out"],
+        domain="finn.custom_op.fpgadataflow",
+        backend="fpgadataflow",
+        Heads=1,
+        QKDim=D,
+        QLen=q_len,
+        VDim=D,
+        KVLen=kv_len,
+        EmbFold=D,
+        SeqFold=1,
+        QType="INT4",
+        KType="INT4",
+        VType=v_type,
+        AType=a_type,
+        OType="INT8",
+        mask_mode="none",
+    )
+    inst = getCustomOp(node)
+    inst.minimize_accumulator_width(None)
+    return inst.get_nodeattr("AccAVMatMul")
+
+
+def test_av_accumulator_datatype_against_finn_plus():
+    """Where finn-plus's own accumulator minimisation agrees with av_accumulator_datatype (the
+    attention this project builds) and where it is narrower than the worst case (the reasons
+    in av_accumulator_datatype's docstring). When the second part fails, finn-plus computes
+    the worst case: use its minimize_accumulator_width instead of av_accumulator_datatype."""
+    from finn_flow.no_vivado import finn_session
+
+    with finn_session():
+        from qonnx.core.datatype import DataType
+
+        from finn_flow.attention_thresholds import av_accumulator_datatype
+
+        # self-attention, unsigned softmax output: the same type
+        for a, v, n in (("UINT8", "INT4", 24), ("UINT4", "UINT4", 2), ("UINT4", "INT4", T)):
+            ours = av_accumulator_datatype(DataType[a], DataType[v], n)
+            assert _finn_plus_av_accumulator(a, v, n, n) == ours.name
+        # KVLen > QLen: finn-plus sums QLen terms; the worst case 255 * -128 * 64 does not fit
+        worst = 255 * -128 * 64
+        ours = av_accumulator_datatype(DataType["UINT8"], DataType["INT8"], 64)
+        theirs = DataType[_finn_plus_av_accumulator("UINT8", "INT8", 16, 64)]
+        assert ours.min() <= worst < theirs.min()
+        # signed AType: finn-plus misses the min * min corner, -128 * -8 = 1024
+        ours = av_accumulator_datatype(DataType["INT8"], DataType["INT4"], 1)
+        theirs = DataType[_finn_plus_av_accumulator("INT8", "INT4", 1, 1)]
+        assert theirs.max() < 1024 <= ours.max()
