@@ -109,6 +109,7 @@ UNSIGNED_ACTIVATIONS = ("softmax", "relu")
 EXTRA_ACTIVATION_BITS = 8  # bits of the ACTIVATIONS in every preset (see the module docstring)
 BIT_PRESETS = ("all-8", "all-4", "mixed-4-8")
 SCHEME_PRESETS = ("all-sq", "all-aq", "sq-aq", "sq-apq", "all-apq")
+APQ_SCHEMES = ("sq-apq", "all-apq")  # the scheme presets with adaptive quantisers
 
 
 class PlanError(APQError):

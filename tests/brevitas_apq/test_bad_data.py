@@ -23,7 +23,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from brevitas_apq import experiments, search
+from brevitas_apq import experiments, grid_report, search
 from brevitas_apq.cli import app
 from brevitas_apq.data import DataError, DataWarning, load_csv, prepare_dataset
 from brevitas_apq.health import QuantizerWatch, degenerate_reasons, output_problems
@@ -338,20 +338,20 @@ def test_runs_from_before_the_check_are_judged_by_their_numbers():
 def test_grid_tables_count_degenerate_runs(degenerate_run):
     out, metrics = degenerate_run
     config = experiments.Config("all-8", "all-sq")
-    rows = [experiments._row(None, 0, out, metrics), experiments._row(config, 0, out, metrics)]
-    sound = experiments._row(experiments.Config("all-4", "all-sq"), 0, out, metrics)
+    rows = [grid_report.run_row(c, 0, out, metrics) for c in (None, config)]
+    sound = grid_report.run_row(experiments.Config("all-4", "all-sq"), 0, out, metrics)
     sound.update(config="all-4/all-sq", bits="all-4", degenerate=0, degenerate_reasons="")
     results = pd.DataFrame([*rows, sound])
     assert results.degenerate.tolist() == [1, 1, 0]
     assert results.degenerate_reasons[0].startswith("float model, val split: constant output")
     assert results.degenerate_reasons[1].startswith("QAT model, val split: constant output")
-    agg = experiments.aggregate(results)
+    agg = grid_report.aggregate(results)
     assert agg.degenerate_runs.tolist() == [1, 1, 0] and "degenerate" not in agg
-    table = experiments.markdown_table(agg)
+    table = grid_report.markdown_table(agg)
     assert table.splitlines()[0].endswith("| degenerate |")
     assert "| **DEGENERATE: 1 of 1** |" in table.splitlines()[3]
     assert table.splitlines()[4].endswith("| – |")
-    assert "degenerate" not in experiments.markdown_table(experiments.aggregate(results[2:]))
+    assert "degenerate" not in grid_report.markdown_table(grid_report.aggregate(results[2:]))
 
 
 def test_search_records_degenerate_trials(tmp_path, small_csv, degenerate_run, monkeypatch):
