@@ -300,18 +300,19 @@ def run_sensitivity(
         todo.append((name, config_plan, path))
     skipped = sorted(results)
 
-    def done(name: str, result: dict) -> None:
-        results[name] = result
-        if on_result is not None:
-            on_result(name, result)
-
     args = [(str(run_dir), n, p.to_dict(), stamp, str(path), overwrite) for n, p, path in todo]
-    with tqdm(total=len(args), desc="sensitivity", disable=not progress) as bar:
-        run_tasks(
-            [Task(a[1], _run_config, a) for a in args],
-            jobs,
-            on_done=lambda task, result: (done(task.key, result), bar.update()),
-        )
+    bar = tqdm(total=len(args), desc="sensitivity", disable=not progress)
+
+    def done(task: Task, result: dict) -> None:
+        results[task.key] = result
+        bar.update()
+        if on_result is not None:
+            on_result(task.key, result)
+
+    try:
+        run_tasks([Task(a[1], _run_config, a) for a in args], jobs, on_done=done)
+    finally:
+        bar.close()
 
     table = sensitivity_table(results)
     ranking = list(table.layer)
