@@ -61,7 +61,8 @@ def clean_errors(func):
         except KeyboardInterrupt:
             err_console.print(
                 "[bold red]interrupted[/] (Ctrl-C): finished results are kept; `apq train` "
-                "continues with --resume, `apq reproduce` and `apq sensitivity` when run again"
+                "continues with --resume; `apq reproduce`, `apq sensitivity` and `apq search` "
+                "continue when run again"
             )
             raise typer.Exit(130) from None
         except Exception as err:
