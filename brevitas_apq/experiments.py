@@ -269,7 +269,7 @@ class GridResult:
     files: list[Path] = dataclasses.field(default_factory=list)
 
 
-#: ``DataSpec.options`` keys and the ``apq reproduce`` flags that set them (cli._csv_options).
+#: ``DataSpec.options`` keys and the ``apq reproduce`` flags that set them (cli.common.build_data_spec).
 _DATA_FLAGS = {
     "target": "--target",
     "timestamp": "--timestamp",

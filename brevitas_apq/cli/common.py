@@ -10,7 +10,8 @@ import math
 import os
 import sys
 import warnings
-from typing import Annotated
+from collections.abc import Mapping
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -143,43 +144,51 @@ QatLrOpt = Annotated[float, typer.Option(help="Adam learning rate (QAT).")]
 PatienceOpt = Annotated[int, typer.Option(help="Early-stopping patience (epochs).")]
 
 
-def csv_options(
-    target, timestamp, timestamp_format, features, delimiter, decimal, na_values
-) -> tuple[tuple[str, object], ...]:
+#: The data options of train, reproduce and search, by parameter name (``build_data_spec``).
+DATA_OPTIONS = (
+    "data",
+    "predict",
+    "window",
+    "horizon",
+    "target",
+    "timestamp",
+    "timestamp_format",
+    "features",
+    "delimiter",
+    "decimal",
+    "na_values",
+)
+
+
+def build_data_spec(values: Mapping[str, Any]):
+    """The DataSpec of a command's data options, picked by name (``DATA_OPTIONS``) from
+    ``values``, the command's ``locals()``.
+
+    Example::
+
+        def train(..., data: DataOpt = "beijing", predict: PredictOpt = "change", ...):
+            spec = build_data_spec(locals())
+    """
+    from brevitas_apq.data import DataSpec
+
+    o = {name: values[name] for name in DATA_OPTIONS}
     options = {
-        "target": target,
-        "timestamp": tuple(timestamp) if timestamp else None,
-        "timestamp_format": timestamp_format,
-        "features": tuple(f.strip() for f in features.split(",")) if features else None,
-        "delimiter": delimiter,
-        "decimal": decimal,
-        "na_values": tuple(v.strip() for v in na_values.split(",")) if na_values else None,
+        "target": o["target"],
+        "timestamp": tuple(o["timestamp"]) if o["timestamp"] else None,
+        "timestamp_format": o["timestamp_format"],
+        "features": _split(o["features"]),
+        "delimiter": o["delimiter"],
+        "decimal": o["decimal"],
+        "na_values": _split(o["na_values"]),
     }
     if options["timestamp"] and len(options["timestamp"]) == 1:
         options["timestamp"] = options["timestamp"][0]
-    return tuple((k, v) for k, v in options.items() if v is not None)
+    csv = tuple((k, v) for k, v in options.items() if v is not None)
+    return DataSpec(o["data"], o["window"], o["horizon"], options=csv, predict=o["predict"])
 
 
-def build_data_spec(
-    data,
-    predict,
-    window,
-    horizon,
-    target,
-    timestamp,
-    timestamp_format,
-    features,
-    delimiter,
-    decimal,
-    na_values,
-):
-    """The DataSpec of the shared data options."""
-    from brevitas_apq.data import DataSpec
-
-    options = csv_options(
-        target, timestamp, timestamp_format, features, delimiter, decimal, na_values
-    )
-    return DataSpec(data, window, horizon, options=options, predict=predict)
+def _split(text: str | None) -> tuple[str, ...] | None:
+    return tuple(v.strip() for v in text.split(",")) if text else None
 
 
 def build_model_options(d_model, heads, ffn_dim, norm) -> dict[str, object]:

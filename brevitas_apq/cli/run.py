@@ -111,19 +111,7 @@ def train(
 
     if resume and overwrite:
         raise option_error("--resume and --overwrite exclude each other: give one of them")
-    data_spec = build_data_spec(
-        data,
-        predict,
-        window,
-        horizon,
-        target,
-        timestamp,
-        timestamp_format,
-        features,
-        delimiter,
-        decimal,
-        na_values,
-    )
+    data_spec = build_data_spec(locals())
     bit_plan = BitPlan.parse(plan, threshold=threshold)
     decision = {
         key: value
