@@ -2,10 +2,12 @@
 
 For every seed the float model is trained once (``runs/float/seed<N>``) and every QAT
 configuration of that seed starts from it (``train_run(..., float_init=...)``). Each
-configuration is its own run directory ``runs/<bits>_<schemes>[_t<threshold>]/seed<N>``:
-finished runs (``metrics.json`` present) are never redone and half-finished ones resume from
-their checkpoint, so an interrupted ``apq reproduce`` continues where it stopped. Runs of
-``jobs > 1`` go to spawned worker processes with one torch thread each.
+configuration is its own run directory ``runs/<bits>_<schemes>[_t<threshold>[_<rule>]]/seed<N>``
+(the decision rule only when it is not the paper's). Finished runs (``metrics.json`` present)
+are never redone and half-finished ones resume from their checkpoint, so an interrupted
+``apq reproduce`` continues where it stopped. The runs go through the one parallel runner
+(``brevitas_apq.runner``): with ``jobs > 1``, spawned worker processes with one torch thread
+each.
 
 Outputs in the grid directory (all written atomically): ``settings.json`` (the training/data
 settings; a grid refuses to continue with others), the per-run directories, and the tables and
@@ -269,7 +271,7 @@ class GridResult:
     files: list[Path] = dataclasses.field(default_factory=list)
 
 
-#: ``DataSpec.options`` keys and the ``apq reproduce`` flags that set them (cli.common.build_data_spec).
+#: ``DataSpec.options`` keys and the ``apq reproduce`` flags that set them (cli.common).
 _DATA_FLAGS = {
     "target": "--target",
     "timestamp": "--timestamp",
