@@ -9,7 +9,9 @@ live by concept:
 * :mod:`finn_flow.streamlining` - convolutions, zero points and streamlining, before the
   hardware conversion;
 * :mod:`finn_flow.hw_conversion` - conversion to FINN HW layers, the mapping check, HLS
-  preference and bit-width minimisation;
+  preference and bit-width minimisation (every ``step_minimize_bit_width*`` of finn-plus is
+  followed, under its own name, by this project's corrections:
+  :func:`~finn_flow.hw_conversion.minimize_then_widen`);
 * :mod:`finn_flow.emulation` - the Python emulation of the dataflow graph;
 * :mod:`finn_flow.folding` - the folding (fit to a budget, target FPS, JSON config);
 * :mod:`finn_flow.reports` - the analytical estimates and datapath report.
@@ -36,7 +38,7 @@ from finn_flow.emulation import make_step_emulate
 from finn_flow.folding import make_step_set_folding
 from finn_flow.hw_conversion import (
     make_step_prefer_hls,
-    minimize_then_widen_binary,
+    minimize_then_widen,
     step_check_hw_mapping,
     step_convert_to_hw_transformer,
 )
@@ -122,7 +124,7 @@ def build_steps(
     steps += FULL_FLOW_BACKEND if full else ["step_hw_codegen"]
     resolved = [build_dataflow_step_lookup[s] if isinstance(s, str) else s for s in steps]
     resolved = [
-        minimize_then_widen_binary(s) if s.__name__.startswith("step_minimize_bit_width") else s
+        minimize_then_widen(s) if s.__name__.startswith("step_minimize_bit_width") else s
         for s in resolved
     ]
     return [guard_step(s, record) for s in resolved]

@@ -141,18 +141,12 @@ def test_av_accumulator_datatype_covers_the_worst_case():
     assert dt == DataType["UINT9"]  # [0, 450]
 
 
-def _finn_plus_av_accumulator(a_type: str, v_type: str, q_len: int, kv_len: int) -> str:
-    """The AV accumulator type finn-plus's ScaledDotProductAttention.minimize_accumulator_width
-    sets on a node with these types and lengths."""
+def _av_node(a_type: str, v_type: str, q_len: int, kv_len: int, suffix: str = "", **attrs):
+    """A generic ScaledDotProductAttention node with these AV types and lengths (INT4 queries
+    and keys), inputs ``q``/``k``/``v`` and output ``out`` (each + ``suffix``)."""
     from onnx import helper
-    from qonnx.custom_op.registry import getCustomOp
 
-    node = helper.make_node(
-        "ScaledDotProductAttention",
-        ["q", "k", "v"],
-        ["out"],
-        domain="finn.custom_op.fpgadataflow",
-        backend="fpgadataflow",
+    kwargs = dict(
         Heads=1,
         QKDim=D,
         QLen=q_len,
@@ -167,7 +161,26 @@ def _finn_plus_av_accumulator(a_type: str, v_type: str, q_len: int, kv_len: int)
         OType="INT8",
         mask_mode="none",
     )
-    inst = getCustomOp(node)
+    kwargs.update(attrs)
+    inputs = [n + suffix for n in ("q", "k", "v")]
+    if attrs.get("ActAVMatMul") == "thresholds":
+        inputs.append("thr" + suffix)
+    return helper.make_node(
+        "ScaledDotProductAttention",
+        inputs,
+        ["out" + suffix],
+        domain="finn.custom_op.fpgadataflow",
+        backend="fpgadataflow",
+        **kwargs,
+    )
+
+
+def _finn_plus_av_accumulator(a_type: str, v_type: str, q_len: int, kv_len: int) -> str:
+    """The AV accumulator type finn-plus's ScaledDotProductAttention.minimize_accumulator_width
+    sets on a node with these types and lengths."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    inst = getCustomOp(_av_node(a_type, v_type, q_len, kv_len))
     inst.minimize_accumulator_width(None)
     return inst.get_nodeattr("AccAVMatMul")
 
@@ -197,3 +210,168 @@ def test_av_accumulator_datatype_against_finn_plus():
         ours = av_accumulator_datatype(DataType["INT8"], DataType["INT4"], 1)
         theirs = DataType[_finn_plus_av_accumulator("INT8", "INT4", 1, 1)]
         assert theirs.max() < 1024 <= ours.max()
+
+
+# (AType, VType, QLen, KVLen, AV thresholds absorbed) of the nodes of _av_model
+CROSS = ("UINT8", "INT8", 16, 64, False)  # (a) KVLen > QLen: finn-plus sums QLen terms
+SIGNED = ("INT8", "INT4", 4, 4, False)  # (b) signed AType: finn-plus misses -128 * -8
+CROSS_THRESHOLDS = ("UINT8", "INT8", 16, 64, True)  # (a) with the output thresholds inside
+SELF = ("UINT8", "INT4", 24, 24, False)  # the quickstart attention: finn-plus is exact
+
+
+def _av_model(*specs):
+    """One generic ScaledDotProductAttention node per spec (see CROSS), named
+    ``ScaledDotProductAttention_<i>``, as this project's flow leaves them before finn's
+    bit-width minimisation: without AV thresholds the output is the accumulator
+    (``AccAVMatMul = OutAVMatMul = OType`` = its worst-case type, as
+    StandaloneAttentionOutputThresholds sets them); with them, ``OType = OutAVMatMul = INT8``
+    and an INT32 accumulator (as finn-plus's InferScaledDotProductAttention leaves them)."""
+    from onnx import TensorProto, helper
+    from qonnx.core.datatype import DataType
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.util.basic import qonnx_make_model
+
+    from finn_flow.attention_thresholds import av_accumulator_datatype
+
+    nodes, inputs, outputs, types, inits = [], [], [], {}, {}
+    for i, (a, v, q_len, kv_len, thresholds) in enumerate(specs):
+        exact = av_accumulator_datatype(DataType[a], DataType[v], kv_len).name
+        out = "INT8" if thresholds else exact
+        attrs = dict(OType=out, AccAVMatMul="INT32" if thresholds else exact, OutAVMatMul=out)
+        if thresholds:
+            attrs.update(ActAVMatMul="thresholds", BiasActAVMatMul=-128.0)
+            inits[f"thr{i}"] = np.arange(255, dtype=np.float32)[None, :] - 127
+        nodes.append(
+            _av_node(a, v, q_len, kv_len, str(i), name=f"ScaledDotProductAttention_{i}", **attrs)
+        )
+        for name, length, dtype in (("q", q_len, "INT4"), ("k", kv_len, "INT4"), ("v", kv_len, v)):
+            inputs.append(
+                helper.make_tensor_value_info(f"{name}{i}", TensorProto.FLOAT, [1, length, D])
+            )
+            types[f"{name}{i}"] = dtype
+        outputs.append(helper.make_tensor_value_info(f"out{i}", TensorProto.FLOAT, [1, q_len, D]))
+        types[f"out{i}"] = out
+    model = ModelWrapper(qonnx_make_model(helper.make_graph(nodes, "attention", inputs, outputs)))
+    for name, dtype in types.items():
+        model.set_tensor_datatype(name, DataType[dtype])
+    for name, arr in inits.items():
+        model.set_initializer(name, arr)
+    return model
+
+
+def _attrs(model, index: int, *names: str) -> list[str]:
+    from qonnx.custom_op.registry import getCustomOp
+
+    inst = getCustomOp(model.graph.node[index])
+    return [inst.get_nodeattr(n) for n in names]
+
+
+def _exact(spec) -> str:
+    from qonnx.core.datatype import DataType
+
+    from finn_flow.attention_thresholds import av_accumulator_datatype
+
+    a, v, _, kv_len, _ = spec
+    return av_accumulator_datatype(DataType[a], DataType[v], kv_len).name
+
+
+def _holds(dtype: str, needed: str) -> bool:
+    from qonnx.core.datatype import DataType
+
+    dt, nd = DataType[dtype], DataType[needed]
+    return dt.min() <= nd.min() and dt.max() >= nd.max()
+
+
+def test_widen_attention_accumulators_restores_the_worst_case_after_finn_plus():
+    """finn-plus's MinimizeAccumulatorWidth leaves cases (a) and (b) too narrow; the pass widens
+    exactly those (not the thresholded output type), leaves sufficient types alone and is
+    idempotent."""
+    from finn_flow.no_vivado import finn_session
+
+    with finn_session():
+        from finn.transformation.fpgadataflow.minimize_accumulator_width import (
+            MinimizeAccumulatorWidth,
+        )
+        from qonnx.custom_op.registry import getCustomOp
+
+        from finn_flow.attention_thresholds import WidenAttentionAccumulators
+
+        specs = (CROSS, SIGNED, CROSS_THRESHOLDS, SELF, SELF)
+        model = _av_model(*specs).transform(MinimizeAccumulatorWidth())
+        # node 4: a type wider than needed (finn's minimisation off) stays as it is
+        for name in ("AccAVMatMul", "OutAVMatMul", "OType"):
+            getCustomOp(model.graph.node[4]).set_nodeattr(name, "INT32")
+        acc = [_attrs(model, i, "AccAVMatMul")[0] for i in range(len(specs))]
+        for i in (0, 1, 2):  # finn-plus's type cannot hold the worst case
+            assert not _holds(acc[i], _exact(specs[i])), (i, acc[i])
+        assert acc[3] == _exact(SELF)  # finn-plus agrees for the quickstart attention
+        untouched = [model.graph.node[i].SerializeToString() for i in (3, 4)]
+
+        new, changed = WidenAttentionAccumulators().apply(model)
+        assert changed
+        for i in (0, 1):  # accumulator and its un-thresholded output copy: the worst case
+            exact = _exact(specs[i])
+            assert _attrs(new, i, "AccAVMatMul", "OutAVMatMul", "OType") == [exact] * 3
+        # thresholds inside: the accumulator widens, the quantised output type stays
+        assert _attrs(new, 2, "AccAVMatMul", "OutAVMatMul", "OType") == [
+            _exact(CROSS_THRESHOLDS),
+            "INT8",
+            "INT8",
+        ]
+        assert [new.graph.node[i].SerializeToString() for i in (3, 4)] == untouched
+
+        graph = new.graph.SerializeToString()
+        again, changed = WidenAttentionAccumulators().apply(new)
+        assert not changed
+        assert again.graph.SerializeToString() == graph
+
+
+def test_widen_attention_accumulators_refuses_an_output_type_too_narrow():
+    """Without AV thresholds the accumulator is cast to OType: an OType that cannot hold the
+    worst case is an error naming the node, both types and the fix, not silent garbage."""
+    from finn_flow.no_vivado import finn_session
+
+    with finn_session():
+        from qonnx.custom_op.registry import getCustomOp
+
+        from finn_flow.attention_thresholds import WidenAttentionAccumulators
+        from finn_flow.errors import FinnFlowError
+
+        model = _av_model(SELF)
+        getCustomOp(model.graph.node[0]).set_nodeattr("OType", "INT16")
+        exact = _exact(SELF)
+        assert exact == "INT17"
+        with pytest.raises(FinnFlowError, match="ScaledDotProductAttention_0") as err:
+            WidenAttentionAccumulators().apply(model)
+        for text in ("OType INT16", "needs INT17", "Fix: set OType to INT17"):
+            assert text in str(err.value)
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_default_flow_widens_after_every_minimize_step(tmp_path, full):
+    """In the step lists (estimate-only and full), each of finn's step_minimize_bit_width* is
+    followed by the widening, under finn's step name (the saved model is the corrected one)."""
+    from finn_flow.no_vivado import finn_session
+
+    with finn_session():
+        from finn.builder.build_dataflow_config import DataflowBuildConfig
+        from finn.builder.build_dataflow_steps import build_dataflow_step_lookup
+
+        from finn_flow.steps import build_steps
+
+        cfg = DataflowBuildConfig(
+            output_dir=str(tmp_path), synth_clk_period_ns=10.0, generate_outputs=[]
+        )
+        steps = [
+            s for s in build_steps(full, {}) if s.__name__.startswith("step_minimize_bit_width")
+        ]
+        names = [s.__name__ for s in steps]
+        assert names == ["step_minimize_bit_width_initial", "step_minimize_bit_width"]
+        exact = _exact(CROSS)
+        for name, step in zip(names, steps, strict=True):
+            # finn's step alone leaves the cross-attention accumulator too narrow ...
+            finn_only = build_dataflow_step_lookup[name](_av_model(CROSS), cfg)
+            assert not _holds(_attrs(finn_only, 0, "AccAVMatMul")[0], exact)
+            # ... the flow's step of the same name does not
+            model = step(_av_model(CROSS), cfg)
+            assert _attrs(model, 0, "AccAVMatMul", "OutAVMatMul") == [exact, exact]
