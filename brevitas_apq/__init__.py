@@ -5,7 +5,7 @@ Based on Ling et al., "A Study of Quantisation-aware Training on Time Series Tra
 for Resource-constrained FPGAs" (arXiv 2310.02654).
 
 ``brevitas_apq.quantize(model, plan)`` quantises any model with a module-name plan (see
-``brevitas_apq.quantize`` and ``brevitas_apq.plans.ModulePlan``).
+``brevitas_apq.quantize`` and ``brevitas_apq.module_plans.ModulePlan``).
 """
 
 from brevitas_apq.quantize import quantize

@@ -1,6 +1,6 @@
 """Quantise any model with a module-name plan: ``brevitas_apq.quantize(model, plan)``.
 
-The plan (:class:`~brevitas_apq.plans.ModulePlan`, a YAML file, or the Transformer's
+The plan (:class:`~brevitas_apq.module_plans.ModulePlan`, a YAML file, or the Transformer's
 :class:`~brevitas_apq.plans.BitPlan`) names modules or glob patterns and gives each its
 quantisers (SQ / AQ / APQ, bits, threshold). ``quantize`` rebuilds every module the plan
 configures as a ``brevitas.nn`` layer with this project's injectors, keeping its float weights:
@@ -22,7 +22,7 @@ Example::
     import torch
     from torch import nn
     import brevitas_apq
-    from brevitas_apq.plans import ModulePlan
+    from brevitas_apq.module_plans import ModulePlan
 
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
     plan = ModulePlan.from_dict({"modules": {
@@ -42,7 +42,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # torch and Brevitas load on first use: `import brevitas_apq` stays light
     from torch import nn
 
-    from brevitas_apq.plans import BitPlan, DecisionRule, ModulePlan, ModuleSpec
+    from brevitas_apq.module_plans import ModulePlan, ModuleSpec
+    from brevitas_apq.plans import BitPlan, DecisionRule
 
 __all__ = ["quantize"]
 
@@ -74,7 +75,8 @@ def quantize(
 
     Example:
         >>> from torch import nn
-        >>> from brevitas_apq.plans import ModulePlan, ModuleSpec, QuantSpec
+        >>> from brevitas_apq.module_plans import ModulePlan, ModuleSpec
+        >>> from brevitas_apq.plans import QuantSpec
         >>> mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
         >>> plan = ModulePlan({
         ...     "0": ModuleSpec(input=QuantSpec(8, "apq"), weight=QuantSpec(4, "aq")),
@@ -88,7 +90,7 @@ def quantize(
     from brevitas.graph.utils import set_module
     from torch import nn
 
-    from brevitas_apq.plans import as_module_plan
+    from brevitas_apq.module_plans import as_module_plan
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"quantize needs a torch.nn.Module, got {type(model).__name__}")
@@ -117,7 +119,7 @@ def _rebuild(old: nn.Module, name: str, spec: ModuleSpec, decision: DecisionRule
     from brevitas.graph.utils import signature_keys
     from brevitas.nn.mixin.base import QuantLayerMixin
 
-    from brevitas_apq.plans import COMPUTE_ROLES, module_kind
+    from brevitas_apq.module_plans import COMPUTE_ROLES, module_kind
 
     kwargs = spec.kwargs(old, decision)
     replaced = [f"{role}_quant." for role in spec.roles]

@@ -6,7 +6,7 @@ it into a Brevitas model with this project's SQ / AQ / APQ quantisers, following
 **module-name plan**: module names or glob patterns (``conv*``, ``head.*``) with the quantisers
 of each (weight, bias, input, output for convolutions and linear layers; ``act`` for ReLUs and
 ``nn.Identity`` placeholders), written in YAML (``PLAN_YAML`` below) or Python
-(``brevitas_apq.plans.ModulePlan``). The exact name wins over a glob; after a ReLU the
+(``brevitas_apq.module_plans.ModulePlan``). The exact name wins over a glob; after a ReLU the
 activation grid is unsigned (zero point 0).
 
 It then trains briefly on synthetic data (every optimizer step ends an APQ mini-batch, at which
@@ -36,7 +36,7 @@ from torch import nn
 import brevitas_apq
 from brevitas_apq.analysis import model_size_bits, operation_counts
 from brevitas_apq.export import export_qonnx_model, run_qonnx
-from brevitas_apq.plans import ModulePlan
+from brevitas_apq.module_plans import ModulePlan
 from brevitas_apq.quant import scheme_decisions
 
 # Brevitas's optional CUDA kernel, irrelevant here; it warns when the exporter is imported.

@@ -17,7 +17,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from brevitas_apq.experiments import markdown_table, reproduce
+from brevitas_apq.experiments import reproduce
+from brevitas_apq.grid_report import markdown_table
 from brevitas_apq.training import TrainConfig
 
 

@@ -21,7 +21,8 @@ from brevitas_apq.analysis import (
     size_summary,
 )
 from brevitas_apq.models import ModelConfig, TimeSeriesTransformer
-from brevitas_apq.plans import ACTIVATIONS, BitPlan, ModulePlan
+from brevitas_apq.module_plans import ModulePlan
+from brevitas_apq.plans import ACTIVATIONS, BitPlan
 from brevitas_apq.quant import (
     AQActQuant,
     AQWeightQuant,

@@ -5,14 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from brevitas_apq.module_plans import ModulePlan, ModuleSpec
 from brevitas_apq.plans import (
     ACTIVATIONS,
     BIT_PRESETS,
     LAYERS,
     SCHEME_PRESETS,
     BitPlan,
-    ModulePlan,
-    ModuleSpec,
     PlanError,
     QuantSpec,
 )

@@ -17,7 +17,8 @@ from torch import nn
 import brevitas_apq
 from brevitas_apq.export import export_qonnx_model, run_qonnx
 from brevitas_apq.models import ModelConfig, TimeSeriesTransformer
-from brevitas_apq.plans import BitPlan, ModulePlan, PlanError
+from brevitas_apq.module_plans import ModulePlan
+from brevitas_apq.plans import BitPlan, PlanError
 from brevitas_apq.quant import AdaptiveIntQuant, UnsignedActQuant, iter_quantizers
 
 SCHEMES = ("sq", "aq", "apq")
