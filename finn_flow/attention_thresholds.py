@@ -22,14 +22,18 @@ accumulator type is wide enough for every input in the declared Q/K/V/A types, s
 clipped.
 
 :class:`WidenAttentionAccumulators` keeps it so through finn's bit-width minimisation, which
-resizes the AV accumulator with finn-plus's own bound, narrower than the worst case for
-cross-attention (``KVLen > QLen``) or a signed ``AType`` (:func:`av_accumulator_datatype`); it
-runs after every ``step_minimize_bit_width*`` of this project's flow
+resizes both accumulators of the attention with finn-plus's own bound, narrower than the worst
+case for the AV accumulator with cross-attention (``KVLen > QLen``) or a signed ``AType``
+(:func:`av_accumulator_datatype`), and for the QK accumulator when the sequence is shorter than
+the query/key dimension (``QLen < QKDim``: a window shorter than ``d_model``) or ``QType`` and
+``KType`` are both signed (:func:`qk_accumulator_datatype`); it runs after every
+``step_minimize_bit_width*`` of this project's flow
 (:func:`finn_flow.hw_conversion.minimize_then_widen`).
 """
 
 from __future__ import annotations
 
+import numpy as np
 from onnx import helper
 from qonnx.core.datatype import DataType
 from qonnx.core.modelwrapper import ModelWrapper
@@ -44,6 +48,7 @@ __all__ = [
     "StandaloneAttentionOutputThresholds",
     "WidenAttentionAccumulators",
     "av_accumulator_datatype",
+    "qk_accumulator_datatype",
 ]
 
 
@@ -72,8 +77,38 @@ def av_accumulator_datatype(a_type: DataType, v_type: DataType, kv_len: int) -> 
     ``tests/finn_flow/test_attention_thresholds.py`` pins where the two agree and where they do
     not.
     """
-    corners = [a * v for a in (a_type.min(), a_type.max()) for v in (v_type.min(), v_type.max())]
-    return smallest_int_datatype(int(kv_len * min(corners)), int(kv_len * max(corners)))
+    return smallest_int_datatype(*_sum_of_products_range(a_type, v_type, kv_len))
+
+
+def qk_accumulator_datatype(q_type: DataType, k_type: DataType, qk_dim: int) -> DataType:
+    """Smallest integer type holding ``sum_d q_d k_d`` over ``qk_dim`` terms, worst case.
+
+    Each attention score is the dot product of a query and a key over the ``QKDim`` embedding
+    lanes. finn-plus's ``minimize_accumulator_width`` sizes ``AccQKMatMul`` as it sizes the AV
+    accumulator (:func:`av_accumulator_datatype`), with the same two flaws:
+
+    * it sums ``QLen`` terms instead of ``QKDim``: its bound is
+      ``calculate_matvec_accumulator_range`` of a constant ``(QLen, QKDim)`` query matrix, which
+      sums along axis 0 (``QLen``). Too narrow whenever the sequence is shorter than the
+      embedding (INT4 x INT4, QLen 8, QKDim 16: INT10, where ``16 * -8 * -8 = 1024`` needs
+      INT12);
+    * it takes the maximum from the ``QType.max()`` corner alone, so for signed ``QType`` and
+      ``KType`` it misses ``QType.min() * KType.min()`` (INT4 x INT4, QLen = QKDim = 16:
+      INT11, whose maximum 1023 is below ``16 * 64 = 1024``; here INT12).
+
+    For the quickstart attention (INT5 x INT5, QLen 24, QKDim 16) finn-plus's type holds the
+    worst case (INT14). ``tests/finn_flow/test_attention_thresholds.py`` pins where the two
+    agree and where they do not.
+    """
+    return smallest_int_datatype(*_sum_of_products_range(q_type, k_type, qk_dim))
+
+
+def _sum_of_products_range(x_type: DataType, y_type: DataType, terms: int) -> tuple[int, int]:
+    """``(min, max)`` of ``sum_t x_t y_t`` over ``terms`` terms, ``x_t``/``y_t`` anywhere in
+    their types: ``terms`` times the smallest / largest corner product (see
+    :class:`WidenAttentionAccumulators` for why that is exact)."""
+    corners = [x * y for x in (x_type.min(), x_type.max()) for y in (y_type.min(), y_type.max())]
+    return int(terms * min(corners)), int(terms * max(corners))
 
 
 class StandaloneAttentionOutputThresholds(Transformation):
@@ -143,34 +178,87 @@ def _holds(dtype: DataType, needed: DataType) -> bool:
     return dtype.min() <= needed.min() and dtype.max() >= needed.max()
 
 
+#: The attention's two matrix products: (stage, the factors' type attributes, summed length).
+_STAGES = (("QK", "QType", "KType", "QKDim"), ("AV", "AType", "VType", "KVLen"))
+
+
+def _thresholds_range(model: ModelWrapper, inst, stage: str) -> tuple[int, int] | None:
+    """``(min, max)`` of a stage's absorbed thresholds, rounded outwards, or None without
+    absorbed (constant) thresholds."""
+    if inst.get_nodeattr(f"Act{stage}MatMul") != "thresholds":
+        return None
+    name = inst.get_input_name_by_name(f"thresholds_{stage.lower()}_matmul")
+    thresholds = model.get_initializer(name)
+    if thresholds is None or thresholds.size == 0:
+        return None
+    return int(np.floor(thresholds.min())), int(np.ceil(thresholds.max()))
+
+
+def _check_output_type(node, inst) -> None:
+    """FinnFlowError if the attention emits its AV accumulator (``ActAVMatMul = "none"``) in an
+    ``OType`` that cannot hold its worst case (see :class:`WidenAttentionAccumulators`)."""
+    if inst.get_nodeattr("ActAVMatMul") != "none":
+        return
+    a_type, v_type = DataType[inst.get_nodeattr("AType")], DataType[inst.get_nodeattr("VType")]
+    kv_len = int(inst.get_nodeattr("KVLen"))
+    exact = av_accumulator_datatype(a_type, v_type, kv_len)
+    o_type = DataType[inst.get_nodeattr("OType")]
+    if not _holds(o_type, exact):
+        raise FinnFlowError(
+            f"{node.name}: the attention's output type OType {o_type.name} cannot "
+            f"hold its AV accumulator, whose worst case (AType {a_type.name} x VType "
+            f"{v_type.name} over KVLen {kv_len} terms) needs {exact.name}; the "
+            "accumulator is emitted without activation and would be cast to garbage, "
+            "and OType cannot be widened here (its consumer and any thresholds after "
+            f"it were sized to it). Fix: set OType to {exact.name} before "
+            "step_minimize_bit_width_initial (StandaloneAttentionOutputThresholds "
+            "does so when it moves the output thresholds out of the attention)."
+        )
+
+
 class WidenAttentionAccumulators(Transformation):
-    """Widen every ``ScaledDotProductAttention`` HW node's AV accumulator to its exact worst
-    case wherever the node's type is narrower (run after finn's bit-width minimisation).
+    """Widen every ``ScaledDotProductAttention`` HW node's QK and AV accumulators to their
+    exact worst case (and to the stage's absorbed thresholds, which are stored in the
+    accumulator type) wherever the node's types are narrower (run after finn's bit-width
+    minimisation).
 
-    Identity: with ``a_t`` in ``[AType.min(), AType.max()]`` and ``v_t`` in
-    ``[VType.min(), VType.max()]``, the product ``a_t v_t`` is bilinear, so its extremes are
-    among the four corner products; the sum of ``KVLen`` such terms lies between ``KVLen`` times
-    the smallest and ``KVLen`` times the largest corner, and both ends are reached (every term
-    at the same corner). :func:`av_accumulator_datatype` is the smallest integer type holding
-    that range, so no input in the declared types overflows it, and any narrower type
-    overflows for some input. finn-plus's ``minimize_accumulator_width`` can be narrower (see
-    :func:`av_accumulator_datatype`), and its HLS code accumulates in ``AccAVMatMul`` and casts
-    to ``OType``: a too narrow accumulator wraps silently.
+    Identity: each accumulator sums ``n`` products ``x_t y_t`` with ``x_t`` in
+    ``[X.min(), X.max()]`` and ``y_t`` in ``[Y.min(), Y.max()]``: QK ``QType`` x ``KType`` over
+    ``n = QKDim`` (a query-key dot product), AV ``AType`` x ``VType`` over ``n = KVLen`` (the
+    attention weights times the values). The product is bilinear, so its extremes are among the
+    four corner products; the sum of ``n`` such terms lies between ``n`` times the smallest and
+    ``n`` times the largest corner, and both ends are reached (every term at the same corner).
+    :func:`qk_accumulator_datatype` / :func:`av_accumulator_datatype` are the smallest integer
+    types holding that range, so no input in the declared types overflows them, and any narrower
+    type overflows for some input. finn-plus's ``minimize_accumulator_width`` can be narrower
+    (it sums ``QLen`` terms for both, see those functions), and its HLS code accumulates in
+    ``AccQKMatMul`` / ``AccAVMatMul`` without saturation: a too narrow accumulator wraps
+    silently. FINN's Python execution computes in float and never sees it; the C++ kernel (and
+    so the FPGA) does.
 
-    The attributes, as ``ScaledDotProductAttention_hls`` uses them (finn-plus 1.6.1):
+    The attributes, as ``ScaledDotProductAttention_hls`` uses them (finn-plus 1.6.1; ``XY`` is
+    ``QK`` or ``AV``):
 
-    * ``AccAVMatMul`` - the accumulator, and the type of the thresholds of an absorbed output
-      activation: widened whenever it does not hold the worst case. A wider accumulator computes
-      the same sums; the absorbed thresholds are not clipped to it (finn's
-      ``RoundAndClipThresholds`` skips the attention), so they compare the same.
-    * ``OutAVMatMul`` - with ``ActAVMatMul = "none"`` a copy of the accumulator type
-      (finn-plus's minimisation sets it so; the stream itself carries ``OType``): widened with
-      it. With ``ActAVMatMul = "thresholds"`` it is the quantised output type: left alone.
+    * ``AccXYMatMul`` - the accumulator, and the type the generated C++ stores the stage's
+      absorbed thresholds in (``ActXYMatMul = "thresholds"``; ``generate_params`` writes them as
+      integer literals into an array of that type, which wraps a value outside it): widened
+      whenever it does not hold the worst case, or one of those thresholds. A wider accumulator
+      computes the same sums, and the thresholds compare the same: nothing clips them to the
+      accumulator type (finn's ``RoundAndClipThresholds`` skips the attention; before the
+      absorption it clipped them to the INT32 output range of the ``MatMul``), Python compares
+      them as floats whatever the type, and C++ stores them exactly once the type holds them.
+      A threshold beyond the worst case is never crossed, but it must still be stored exactly:
+      wrapped, it would land inside the range and be crossed.
+    * ``OutXYMatMul`` - with ``ActXYMatMul = "none"`` a copy of the accumulator type
+      (finn-plus's minimisation sets it so): widened with it. For QK it is the softmax's input
+      type inside the node, which nothing outside was sized to; for AV the stream itself
+      carries ``OType``. With ``ActXYMatMul = "thresholds"`` it is the quantised output type of
+      the stage: left alone.
     * ``OType`` - the output stream: not widened, since the consumer and the thresholds after
       it were sized to it (``StandaloneAttentionOutputThresholds`` sets it to the worst case
       already). With ``ActAVMatMul = "none"`` and an ``OType`` that cannot hold the worst case
       the accumulator would be cast to garbage, so this is a FinnFlowError naming the node,
-      both types and the fix.
+      both types and the fix. The QK stage has no such limit.
 
     Applies to the generic node and its specialisations (``ScaledDotProductAttention_hls``).
     ``changed`` is True exactly when an attribute changed; a second pass changes nothing.
@@ -187,29 +275,22 @@ class WidenAttentionAccumulators(Transformation):
             ):
                 continue
             inst = getCustomOp(node)
-            a_type, v_type = (
-                DataType[inst.get_nodeattr("AType")],
-                DataType[inst.get_nodeattr("VType")],
-            )
-            kv_len = int(inst.get_nodeattr("KVLen"))
-            exact = av_accumulator_datatype(a_type, v_type, kv_len)
-            names = ["AccAVMatMul"]
-            if inst.get_nodeattr("ActAVMatMul") == "none":
-                o_type = DataType[inst.get_nodeattr("OType")]
-                if not _holds(o_type, exact):
-                    raise FinnFlowError(
-                        f"{node.name}: the attention's output type OType {o_type.name} cannot "
-                        f"hold its AV accumulator, whose worst case (AType {a_type.name} x VType "
-                        f"{v_type.name} over KVLen {kv_len} terms) needs {exact.name}; the "
-                        "accumulator is emitted without activation and would be cast to garbage, "
-                        "and OType cannot be widened here (its consumer and any thresholds after "
-                        f"it were sized to it). Fix: set OType to {exact.name} before "
-                        "step_minimize_bit_width_initial (StandaloneAttentionOutputThresholds "
-                        "does so when it moves the output thresholds out of the attention)."
-                    )
-                names.append("OutAVMatMul")
-            for name in names:
-                if not _holds(DataType[inst.get_nodeattr(name)], exact):
-                    inst.set_nodeattr(name, exact.name)
-                    changed = True
+            _check_output_type(node, inst)
+            for stage, x_attr, y_attr, n_attr in _STAGES:
+                lo, hi = _sum_of_products_range(
+                    DataType[inst.get_nodeattr(x_attr)],
+                    DataType[inst.get_nodeattr(y_attr)],
+                    int(inst.get_nodeattr(n_attr)),
+                )
+                thresholds = _thresholds_range(model, inst, stage)
+                if thresholds is not None:  # the C++ stores them in the accumulator type
+                    lo, hi = min(lo, thresholds[0]), max(hi, thresholds[1])
+                needed = smallest_int_datatype(lo, hi)
+                names = [f"Acc{stage}MatMul"]
+                if inst.get_nodeattr(f"Act{stage}MatMul") == "none":
+                    names.append(f"Out{stage}MatMul")
+                for name in names:
+                    if not _holds(DataType[inst.get_nodeattr(name)], needed):
+                        inst.set_nodeattr(name, needed.name)
+                        changed = True
         return model, changed

@@ -326,6 +326,166 @@ def test_widen_attention_accumulators_restores_the_worst_case_after_finn_plus():
         assert again.graph.SerializeToString() == graph
 
 
+# (QType, KType, QLen, QKDim, QK thresholds absorbed) of the nodes of _qk_model
+QK_SHORT = ("INT4", "INT4", 8, 16, False)  # QLen < QKDim: finn-plus sums QLen terms
+QK_SIGNED = ("INT4", "INT4", 16, 16, True)  # QLen = QKDim: finn-plus misses 16 * -8 * -8
+QK_QUICKSTART = ("INT5", "INT5", 24, 16, True)  # the quickstart attention: finn-plus holds it
+QK_THRESHOLD_FIT = np.arange(15, dtype=np.float32)[None, :] * 8 - 56  # inside any QK range
+
+
+def _qk_exact(spec) -> str:
+    from qonnx.core.datatype import DataType
+
+    from finn_flow.attention_thresholds import qk_accumulator_datatype
+
+    q, k, _, qk_dim, _ = spec
+    return qk_accumulator_datatype(DataType[q], DataType[k], qk_dim).name
+
+
+def _qk_model(*specs, thresholds=QK_THRESHOLD_FIT):
+    """One generic ScaledDotProductAttention node per spec (see QK_SHORT), named
+    ``ScaledDotProductAttention_<i>``, with the QK types as finn-plus's
+    InferScaledDotProductAttention leaves them (``AccQKMatMul`` INT32, the MatMul's output type;
+    ``OutQKMatMul`` the quantised INT4 behind ``thresholds``, else INT32) and a self-attention
+    AV part whose types already hold its worst case (UINT4 x INT4, no AV thresholds)."""
+    from onnx import TensorProto, helper
+    from qonnx.core.datatype import DataType
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.util.basic import qonnx_make_model
+
+    from finn_flow.attention_thresholds import av_accumulator_datatype
+
+    nodes, inputs, outputs, types, inits = [], [], [], {}, {}
+    for i, (q, k, q_len, qk_dim, thresholded) in enumerate(specs):
+        av = av_accumulator_datatype(DataType["UINT4"], DataType["INT4"], q_len).name
+        qk = dict(AccQKMatMul="INT32", OutQKMatMul="INT4" if thresholded else "INT32")
+        if thresholded:
+            qk.update(ActQKMatMul="thresholds", BiasActQKMatMul=-8.0)
+            inits[f"thr{i}"] = thresholds
+        nodes.append(
+            helper.make_node(
+                "ScaledDotProductAttention",
+                [f"q{i}", f"k{i}", f"v{i}"] + ([f"thr{i}"] if thresholded else []),
+                [f"out{i}"],
+                domain="finn.custom_op.fpgadataflow",
+                backend="fpgadataflow",
+                name=f"ScaledDotProductAttention_{i}",
+                Heads=1,
+                QKDim=qk_dim,
+                QLen=q_len,
+                VDim=D,
+                KVLen=q_len,
+                EmbFold=1,
+                SeqFold=1,
+                QType=q,
+                KType=k,
+                VType="INT4",
+                AType="UINT4",
+                OType=av,
+                AccAVMatMul=av,
+                OutAVMatMul=av,
+                mask_mode="none",
+                **qk,
+            )
+        )
+        for name, dim, dtype in (("q", qk_dim, q), ("k", qk_dim, k), ("v", D, "INT4")):
+            inputs.append(
+                helper.make_tensor_value_info(f"{name}{i}", TensorProto.FLOAT, [1, q_len, dim])
+            )
+            types[f"{name}{i}"] = dtype
+        outputs.append(helper.make_tensor_value_info(f"out{i}", TensorProto.FLOAT, [1, q_len, D]))
+        types[f"out{i}"] = av
+    model = ModelWrapper(qonnx_make_model(helper.make_graph(nodes, "attention", inputs, outputs)))
+    for name, dtype in types.items():
+        model.set_tensor_datatype(name, DataType[dtype])
+    for name, arr in inits.items():
+        model.set_initializer(name, arr)
+    return model
+
+
+def test_widen_attention_accumulators_restores_the_qk_worst_case_after_finn_plus():
+    """finn-plus's MinimizeAccumulatorWidth sizes AccQKMatMul over QLen terms from the
+    QType.max() corner: too narrow for a sequence shorter than QKDim and for signed Q and K
+    (INT4 x INT4, 16 x 16: INT11, whose maximum 1023 misses 16 * -8 * -8 = 1024). The pass
+    widens exactly those (and the un-thresholded output copy, not the quantised output type),
+    leaves the quickstart attention and wider types alone, and is idempotent."""
+    from finn_flow.no_vivado import finn_session
+
+    with finn_session():
+        from finn.transformation.fpgadataflow.minimize_accumulator_width import (
+            MinimizeAccumulatorWidth,
+        )
+        from qonnx.core.datatype import DataType
+        from qonnx.custom_op.registry import getCustomOp
+
+        from finn_flow.attention_thresholds import WidenAttentionAccumulators
+
+        assert [_qk_exact(s) for s in (QK_SHORT, QK_SIGNED, QK_QUICKSTART)] == [
+            "INT12",  # [-896, 1024]
+            "INT12",  # [-896, 1024]
+            "INT14",  # [-3840, 4096]
+        ]
+        specs = (QK_SHORT, QK_SIGNED, QK_QUICKSTART, QK_SHORT)
+        model = _qk_model(*specs).transform(MinimizeAccumulatorWidth())
+        # node 3: a type wider than needed (finn's minimisation off) stays as it is
+        for name in ("AccQKMatMul", "OutQKMatMul"):
+            getCustomOp(model.graph.node[3]).set_nodeattr(name, "INT32")
+        acc = [_attrs(model, i, "AccQKMatMul")[0] for i in range(len(specs))]
+        assert acc[:3] == ["INT10", "INT11", "INT14"]  # finn-plus 1.6.1
+        assert DataType["INT10"].max() < 1024 and DataType["INT11"].max() < 1024
+        assert _attrs(model, 0, "OutQKMatMul") == ["INT10"]  # finn-plus's copy, no thresholds
+        untouched = [model.graph.node[i].SerializeToString() for i in (2, 3)]
+
+        new, changed = WidenAttentionAccumulators().apply(model)
+        assert changed
+        # accumulator and its un-thresholded output copy: the worst case
+        assert _attrs(new, 0, "AccQKMatMul", "OutQKMatMul") == ["INT12", "INT12"]
+        # thresholds inside: the accumulator widens, the quantised output type stays
+        assert _attrs(new, 1, "AccQKMatMul", "OutQKMatMul") == ["INT12", "INT4"]
+        assert [new.graph.node[i].SerializeToString() for i in (2, 3)] == untouched
+        for i in range(len(specs)):  # the AV part held its worst case already
+            assert _attrs(new, i, "AccAVMatMul") == _attrs(model, i, "AccAVMatMul")
+
+        graph = new.graph.SerializeToString()
+        again, changed = WidenAttentionAccumulators().apply(new)
+        assert not changed
+        assert again.graph.SerializeToString() == graph
+        # a graph whose attention finn-plus sized correctly: nothing to do
+        correct = _qk_model(QK_QUICKSTART).transform(MinimizeAccumulatorWidth())
+        graph = correct.graph.SerializeToString()
+        again, changed = WidenAttentionAccumulators().apply(correct)
+        assert not changed
+        assert again.graph.SerializeToString() == graph
+
+
+def test_widen_attention_accumulators_holds_the_qk_thresholds():
+    """finn-plus's C++ stores the QK thresholds in AccQKMatMul (an ap_int array, which wraps a
+    value outside it). A threshold beyond the worst case (never crossed, but wrapped it would
+    be) widens the accumulator until it is stored exactly; inside the worst case, the worst
+    case decides."""
+    from finn_flow.no_vivado import finn_session
+
+    with finn_session():
+        from finn.transformation.fpgadataflow.minimize_accumulator_width import (
+            MinimizeAccumulatorWidth,
+        )
+
+        from finn_flow.attention_thresholds import WidenAttentionAccumulators
+
+        beyond = QK_THRESHOLD_FIT.copy()
+        beyond[0, -1] = 5000.0  # INT12 holds [-2048, 2047]; INT14 holds 5000
+        beyond[0, 0] = -2100.0
+        for thresholds, acc in ((QK_THRESHOLD_FIT, "INT12"), (beyond, "INT14")):
+            model = _qk_model(QK_SIGNED, thresholds=thresholds)
+            model = model.transform(MinimizeAccumulatorWidth())
+            assert _attrs(model, 0, "AccQKMatMul") == ["INT11"]  # finn-plus 1.6.1
+            new, changed = WidenAttentionAccumulators().apply(model)
+            assert changed
+            assert _attrs(new, 0, "AccQKMatMul", "OutQKMatMul") == [acc, "INT4"]
+            _, changed = WidenAttentionAccumulators().apply(new)
+            assert not changed
+
+
 def test_widen_attention_accumulators_refuses_an_output_type_too_narrow():
     """Without AV thresholds the accumulator is cast to OType: an OType that cannot hold the
     worst case is an error naming the node, both types and the fix, not silent garbage."""

@@ -309,6 +309,127 @@ def test_cli_build_inputs_npy(mlp_model, tmp_path):
     )
 
 
+def _attention_alone(hw, node):
+    """A graph of ``hw``'s attention ``node`` alone: its q/k/v as graph inputs, its thresholds as
+    initializers, its tensors' FINN datatypes (for cppsim of just that kernel)."""
+    import copy
+
+    from onnx import helper
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.util.basic import qonnx_make_model
+
+    node = copy.deepcopy(node)
+    graph = helper.make_graph(
+        [node],
+        "attention",
+        [hw.get_tensor_valueinfo(name) for name in node.input[:3]],
+        [hw.get_tensor_valueinfo(node.output[0])],
+    )
+    model = ModelWrapper(qonnx_make_model(graph))
+    for name in node.input[3:]:
+        model.set_initializer(name, hw.get_initializer(name))
+    for name in [*node.input, *node.output]:
+        model.set_tensor_datatype(name, hw.get_tensor_datatype(name))
+    return model
+
+
+@pytest.mark.slow  # measured 58 s on two busy cores (training, build, two kernel compiles)
+def test_window_shorter_than_d_model_attention_is_exact_in_cpp(
+    small_csv, hls_dir, kernel_cache, tmp_path
+):
+    """A window of 8 < d_model 16 (QLen < QKDim), where finn-plus 1.6.1 sizes the attention's QK
+    accumulator over QLen terms from the QType.max() corner (too narrow:
+    finn_flow.attention_thresholds.qk_accumulator_datatype). FINN's Python emulation computes
+    in float and cannot show it; the attention's C++ kernel can. After the flow
+    (WidenAttentionAccumulators), AccQKMatMul holds the worst case over QKDim, emulation equals
+    QONNX, and the kernel, compiled with g++, equals FINN's Python on the test windows' q/k/v
+    and on worst-case q/k, which finn-plus's own type wraps."""
+    import dataclasses
+
+    from qonnx.core.datatype import DataType
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from finn_flow import cppsim, hls_toolchain
+    from finn_flow.attention_thresholds import qk_accumulator_datatype
+    from finn_flow.graph import dynamic_inputs, find_hw_model, python_model
+    from finn_flow.no_vivado import finn_session
+
+    run_dir = tmp_path / "run"
+    bits, schemes, norm = CONFIGS["allaq_batch"]
+    train_run(
+        run_dir,
+        data=dataclasses.replace(csv_data(small_csv), window=8),
+        plan=BitPlan.from_presets(bits, schemes),
+        train=TINY,
+        model_options={"norm": norm},
+        progress=False,
+        overwrite=True,
+    )
+    summary = build_run(run_dir, out=tmp_path / "finn", windows=WINDOWS)
+    emu = summary["emulation"]
+    assert emu["passed"] and emu["n_inputs"] == WINDOWS
+    assert emu["max_abs_diff"] <= 1e-5  # FINN python emulation vs QONNX
+    outside = summary["nodes_outside_dataflow_partition"]
+    assert all(n["role"].startswith("output dequantisation") for n in outside)
+
+    hw = ModelWrapper(str(find_hw_model(tmp_path / "finn")))
+    (node,) = [n for n in hw.graph.node if n.op_type.startswith("ScaledDotProductAttention")]
+    with finn_session():
+        from finn.core.onnx_exec import execute_onnx
+        from qonnx.custom_op.registry import getCustomOp
+
+        attrs = getCustomOp(node).get_nodeattr
+        q_type, k_type = DataType[attrs("QType")], DataType[attrs("KType")]
+        assert (attrs("QLen"), attrs("QKDim")) == (8, 16)
+        assert q_type.signed() and k_type.signed()  # so QType.min() * KType.min() is the max
+        worst = qk_accumulator_datatype(q_type, k_type, 16)
+        acc = DataType[attrs("AccQKMatMul")]
+        assert acc.min() <= worst.min() and acc.max() >= worst.max(), (acc, worst)
+        alone = _attention_alone(hw, node)
+        theirs = getCustomOp(_attention_alone(hw, node).graph.node[0])
+        theirs.minimize_accumulator_width(None)  # finn-plus's own type: too narrow here
+        finn_acc = DataType[theirs.get_nodeattr("AccQKMatMul")]
+        assert finn_acc.max() < worst.max() or finn_acc.min() > worst.min(), finn_acc
+
+        # q/k/v of the test windows: FINN's Python execution of the HW graph (the model input
+        # enters it directly; only the output scaling is outside)
+        _, _, spec = load_run(run_dir)
+        (inp,) = dynamic_inputs(hw)
+        reference = python_model(hw)
+        real = {name: [] for name in node.input[:3]}
+        for x in spec.load().X_test[:WINDOWS]:
+            feed = {inp: x.reshape(hw.get_tensor_shape(inp)).astype(np.float32)}
+            ctx = execute_onnx(reference, feed, return_full_exec_context=True)
+            for name in real:
+                real[name].append(ctx[name])
+    real = {name: np.stack(arrays) for name, arrays in real.items()}
+    # worst case: every query at QType.min() against keys alternately at KType.min() (score
+    # 16 * QType.min() * KType.min(), the maximum, which finn-plus's type wraps) and at 0 (score
+    # 0); the windows' values
+    q_name, k_name, v_name = node.input[:3]
+    extreme = {
+        q_name: np.full_like(real[q_name], q_type.min()),
+        k_name: np.zeros_like(real[k_name]),
+        v_name: real[v_name],
+    }
+    extreme[k_name][..., ::2, :] = k_type.min()
+    samples = {name: np.concatenate([real[name], extreme[name]]) for name in real}
+
+    toolchain = hls_toolchain.HlsToolchain.resolve(hls_dir, cache_dir=kernel_cache)
+    result = cppsim.simulate_graph(
+        alone, samples, toolchain=toolchain, progress=False, work_dir=tmp_path / "cpp"
+    )
+    assert result.nodes[0].level == "cppsim"
+    assert result.max_abs_diff_vs_python == 0.0  # C++ kernel == FINN's Python, bit for bit
+    assert len({o.tobytes() for o in result.outputs}) > 1
+    # the same kernel with finn-plus's AccQKMatMul: the worst case wraps (what the widening fixes)
+    getCustomOp(alone.graph.node[0]).set_nodeattr("AccQKMatMul", finn_acc.name)
+    narrow = cppsim.simulate_graph(
+        alone, extreme, toolchain=toolchain, progress=False, work_dir=tmp_path / "cpp_finn"
+    )
+    assert narrow.max_abs_diff_vs_python > 0.0
+
+
 # ------------------------------------------------------------------------ Xilinx tools
 @pytest.mark.vivado
 @pytest.mark.parametrize("mode", ["cppsim", "rtlsim"])
