@@ -9,9 +9,9 @@
 * :func:`make_step_prefer_hls` - HLS variants wherever finn-plus has one (before
   ``step_specialize_layers``), so the whole design can run in C++ simulation.
 * :func:`minimize_then_widen` - finn-plus's bit-width minimisation followed by
-  :func:`step_widen_attention_accumulators` (the attention's AV accumulator back to its exact
-  worst case, :class:`~finn_flow.attention_thresholds.WidenAttentionAccumulators`) and
-  :class:`~finn_flow.hw_rewrites.WidenBinaryWeights`, under finn's step name.
+  :func:`step_widen_attention_accumulators` (the attention's QK and AV accumulators back to
+  their exact worst case, :class:`~finn_flow.attention_thresholds.WidenAttentionAccumulators`)
+  and :class:`~finn_flow.hw_rewrites.WidenBinaryWeights`, under finn's step name.
 
 Every step is ``step_x(model, cfg) -> model`` (see :mod:`finn_flow.steps` for the step list);
 factories return named inner functions. Call them inside
@@ -228,10 +228,11 @@ def step_check_hw_mapping(model: ModelWrapper, cfg) -> ModelWrapper:
 
 
 def step_widen_attention_accumulators(model: ModelWrapper, cfg) -> ModelWrapper:
-    """Widen each attention's AV accumulator (``AccAVMatMul``, and ``OutAVMatMul`` where it is the
-    un-thresholded output) to its exact worst case where finn-plus's ``minimize_accumulator_width``
-    left it narrower: :class:`~finn_flow.attention_thresholds.WidenAttentionAccumulators` (a
-    FinnFlowError if the output type ``OType`` itself cannot hold the accumulator)."""
+    """Widen each attention's QK and AV accumulators (``AccQKMatMul`` / ``AccAVMatMul``, and
+    ``OutQKMatMul`` / ``OutAVMatMul`` where the stage is un-thresholded) to their exact worst case
+    (and to the stage's absorbed thresholds) where finn-plus's ``minimize_accumulator_width`` left
+    them narrower: :class:`~finn_flow.attention_thresholds.WidenAttentionAccumulators` (a
+    FinnFlowError if the output type ``OType`` itself cannot hold the AV accumulator)."""
     from finn_flow.attention_thresholds import WidenAttentionAccumulators
 
     return model.transform(WidenAttentionAccumulators(), apply_to_subgraphs=True)

@@ -261,16 +261,56 @@ class LowerZeroPoints(Transformation):
         return model, weights or activations or scalar
 
 
+#: Relative bound on ``|c/s - z|`` for an offset ``c = float32(z*s)``: see
+#: :func:`_once_rounded_multiple`.
+_ONE_ROUNDING_RTOL = 2.0**-23
+
+
+def _once_rounded_multiple(c: float, s: float) -> int | None:
+    """The integer ``z != 0`` if ``c`` is ``float32(z*s)`` to within one float32 rounding.
+
+    :class:`LowerActivationZeroPoint` writes the offset as ``c = fl32(z*s)`` (a float32
+    product, rounded once to nearest): ``|c - z*s| <= 2**-24 |z*s|``. ``c/s`` evaluated in
+    float64 from the float32 ``c`` and ``s`` adds at most ``2**-53 |c/s|``, so
+    ``|c/s - z| <= |z| (2**-24 + 2**-52) < 2**-23 |z|`` (:data:`_ONE_ROUNDING_RTOL`), which is
+    below ``1/2`` for every zero point of at most 22 bits: ``round(c/s)`` is then ``z``. Returns
+    None unless ``|c/s - round(c/s)|`` is within that bound (and ``round(c/s) != 0``).
+    """
+    if not (np.isfinite(c) and np.isfinite(s)) or s == 0:
+        return None
+    off = c / s
+    k = round(off)
+    if k == 0 or abs(off - k) > _ONE_ROUNDING_RTOL * abs(k):
+        return None
+    return int(k)
+
+
 class AbsorbZeroPointOffsetIntoMultiThreshold(Transformation):
-    """FINN dialect: fold ``MultiThreshold -> Mul(s) -> Add/Sub(c)`` with ``c/s`` integer.
+    """FINN dialect: fold ``MultiThreshold [-> Add(b)] -> Mul(s) -> Add/Sub(c)``, ``c/s``
+    integer, into the MultiThreshold's ``out_bias``.
 
     After :class:`LowerActivationZeroPoint` and FINN's QONNX import, a zero-point quantiser
-    becomes ``MultiThreshold`` (integers ``q``) ``-> Mul(s) -> Sub(z*s)``. Since
-    ``s*q - z*s == s*(q - z)``, the offset moves into the MultiThreshold's ``out_bias``
-    (``-z``), whose output datatype widens to hold ``q - z`` (one more bit in general). The
-    quantised tensor then has no offset, so dynamic matrix products (attention) and adds see
-    plain integers. Touches only that three-node chain with scalar constants, single
-    consumers and ``out_scale == 1``; exact.
+    becomes ``MultiThreshold`` (integers ``q``) ``-> Mul(s) -> Sub(z*s)``; a signed one
+    ``MultiThreshold -> Add(b) -> Mul(s) -> Sub(z*s)`` (FINN's import counts thresholds from 0
+    and shifts the count by an integer ``b``, ``-128`` for 8 bits, not narrow). Since
+    ``s*(q + b) - z*s == s*(q + b - z)``, the offset (and ``b``) move into the
+    MultiThreshold's ``out_bias`` (``b - z``), whose output datatype widens to hold
+    ``q + b - z`` (one more bit in general). The quantised tensor then has no offset, so
+    dynamic matrix products (attention) and adds see plain integers. Touches only that chain
+    with scalar constants, single consumers and ``out_scale == 1``.
+
+    The offset is ``c = fl32(z*s)``, not ``z*s``: left in the graph, streamlining moves it
+    past the positional-encoding add's ``Div(s)`` (finn's ``MoveAddPastMul`` makes it
+    ``fl32(c * fl32(1/s))``, e.g. ``-16.999998`` for ``z = 17``, ``s = 0.0090998774``) and
+    ``CollapseRepeatedAdd`` sums it into the integer encoding, whose values then lie up to
+    ``2**-19`` off an integer: the q/k/v products read a float tensor and stay unmapped.
+    Folding ``round(c/s) = z`` instead computes ``s*(q + b - z)``, QONNX's own definition of
+    the quantiser's output (``(level - z) * s``): the rewrite undoes the one rounding the
+    lowering introduced. With ``Add(b)`` (the chain as FINN's import builds it, right after
+    the lowering) ``c/s`` must lie within one float32 rounding of ``z``
+    (:func:`_once_rounded_multiple`) and ``b`` must be an integer; without it (chains that
+    streamlining forms later, whose constants carry the roundings of collapsed scales)
+    ``c/s`` must lie within ``1e-3`` of an integer.
     """
 
     def apply(self, model: ModelWrapper):
@@ -282,6 +322,15 @@ class AbsorbZeroPointOffsetIntoMultiThreshold(Transformation):
             if node.op_type != "MultiThreshold" or model.is_fork_node(node):
                 continue
             mul = model.find_consumer(node.output[0])
+            bias, shift = None, 0.0
+            if mul is not None and mul.op_type == "Add" and not model.is_fork_node(mul):
+                b = model.get_initializer(mul.input[1])
+                if mul.input[0] != node.output[0] or b is None or np.asarray(b).size != 1:
+                    continue
+                shift = float(np.asarray(b).ravel()[0])
+                if shift != round(shift):
+                    continue
+                bias, mul = mul, model.find_consumer(mul.output[0])
             if mul is None or mul.op_type != "Mul" or model.is_fork_node(mul):
                 continue
             add = model.find_consumer(mul.output[0])
@@ -298,20 +347,29 @@ class AbsorbZeroPointOffsetIntoMultiThreshold(Transformation):
                 c = -c
             if s == 0:
                 continue
-            off = c / s
-            if abs(off - round(off)) > 1e-3 or round(off) == 0:
-                continue
+            if bias is not None:
+                offset = _once_rounded_multiple(c, s)
+                if offset is None:
+                    continue
+            else:
+                off = c / s
+                if abs(off - round(off)) > 1e-3 or round(off) == 0:
+                    continue
+                offset = round(off)
             inst = getCustomOp(node)
             if float(inst.get_nodeattr("out_scale")) != 1.0:
                 continue
             thresholds = model.get_initializer(node.input[1])
             if thresholds is None:
                 continue
-            out_bias = float(inst.get_nodeattr("out_bias")) + round(off)
+            out_bias = float(inst.get_nodeattr("out_bias")) + shift + offset
             odt = smallest_int_datatype(out_bias, out_bias + thresholds.shape[-1])
             inst.set_nodeattr("out_bias", out_bias)
             inst.set_nodeattr("out_dtype", odt.name)
             model.set_tensor_datatype(node.output[0], odt)
+            if bias is not None:
+                mul.input[0] = node.output[0]
+                graph.node.remove(bias)
             mul.output[0] = add.output[0]
             graph.node.remove(add)
             model = model.transform(InferDataTypes())

@@ -298,8 +298,11 @@ def test_remove_unused_initializers_reports_changed():
 
 
 # ------------------------------------------- zero-point offsets into MultiThreshold (FINN)
-def mt_model(scale, offset, op="Sub", out_scale=1.0, channels=6, steps=7) -> ModelWrapper:
-    """x (1, C) -> MultiThreshold (C, steps) -> Mul(scale) -> Sub/Add(offset) -> y."""
+def mt_model(
+    scale, offset, op="Sub", out_scale=1.0, channels=6, steps=7, shift=None
+) -> ModelWrapper:
+    """x (1, C) -> MultiThreshold (C, steps) [-> Add(shift)] -> Mul(scale) -> Sub/Add(offset)
+    -> y. With ``shift`` the chain FINN's QONNX import builds for a signed quantiser."""
     rng = np.random.default_rng(0)
     thresholds = np.sort(rng.integers(-40, 40, (channels, steps)), axis=1) + 0.5
     nodes = [
@@ -315,12 +318,12 @@ def mt_model(scale, offset, op="Sub", out_scale=1.0, channels=6, steps=7) -> Mod
         helper.make_node("Mul", ["q", "s"], ["m"], name="mul"),
         helper.make_node(op, ["m", "c"], ["y"], name="offset"),
     ]
-    return make_model(
-        nodes,
-        {"x": [1, channels]},
-        {"y": [1, channels]},
-        {"thr": thresholds, "s": scale, "c": offset},
-    )
+    inits = {"thr": thresholds, "s": scale, "c": offset}
+    if shift is not None:
+        nodes[1].input[0] = "qb"
+        nodes.insert(1, helper.make_node("Add", ["q", "b"], ["qb"], name="shift"))
+        inits["b"] = np.float32(shift)
+    return make_model(nodes, {"x": [1, channels]}, {"y": [1, channels]}, inits)
 
 
 def mt_feeds(model) -> list[dict]:
@@ -365,6 +368,118 @@ def test_absorb_zero_point_offset_leaves_others_alone():
     check_left_alone(
         mt_model(S, np.float32(2 * S), out_scale=2.0), AbsorbZeroPointOffsetIntoMultiThreshold()
     )
+
+
+#: A zero-point quantiser of a trained window-8 model (mixed-4-8/sq-apq, the input of the
+#: positional-encoding add): the lowering writes the offset as float32(Z_BITE * S_BITE), and
+#: streamlining's float32(offset * float32(1 / S_BITE)) is then 2**-19 off -Z_BITE.
+S_BITE = np.float32(0.009099877439439297)
+Z_BITE = 17
+
+
+def mt_levels(model, feed) -> np.ndarray:
+    """count(x >= T) of ``mt_model``'s thresholds (the MultiThreshold's integer levels)."""
+    thresholds = model.get_initializer("thr")
+    return (feed["x"][0][:, None] >= thresholds).sum(axis=1)[None]
+
+
+def test_bite_constants_are_not_exact_in_float32():
+    """The constants the tests below use do bite: ``fl32(z*s) * fl32(1/s) != z``."""
+    c = np.float32(Z_BITE * S_BITE)
+    assert c == np.float32(Z_BITE) * S_BITE
+    assert np.float32(-c) * (np.float32(1.0) / S_BITE) == np.float32(-16.999998)
+    assert abs(float(np.float32(-c) * (np.float32(1.0) / S_BITE)) + Z_BITE) == 2.0**-19
+
+
+@pytest.mark.parametrize("shift", [-128.0, -4.0])
+def test_absorb_signed_zero_point_offset_gives_qonnx_levels(shift):
+    """A signed zero-point quantiser as FINN imports it, ``MultiThreshold -> Add(b) -> Mul(s)
+    -> Sub(fl32(z*s))``, becomes ``MultiThreshold (out_bias b - z) -> Mul(s)``: the output is
+    QONNX's ``(level - z) * s`` bit for bit, and differs from the lowered chain by float32
+    rounding only."""
+    c = np.float32(Z_BITE * S_BITE)
+    model = mt_model(S_BITE, c, "Sub", shift=shift)
+    feeds = mt_feeds(model)
+    new = check_rewrite(
+        model, AbsorbZeroPointOffsetIntoMultiThreshold(), feeds, exact=False, rtol=2.0**-22
+    )  # two float32 roundings (of s*(q + b) and of the difference) against one
+    assert ops(new) == ["MultiThreshold", "Mul"]
+    mt = new.graph.node[0]
+    bias = shift - Z_BITE
+    assert node_attr_f(mt, "out_bias") == bias
+    odt = new.get_tensor_datatype(mt.output[0])
+    assert all(odt.allowed(v) for v in range(int(bias), int(bias) + 8))
+    for feed in feeds:
+        levels = (mt_levels(model, feed) + bias).astype(np.float32)
+        np.testing.assert_array_equal(run(new, feed), levels * S_BITE)
+
+
+def node_attr_f(node, name) -> float:
+    (value,) = [helper.get_attribute_value(a) for a in node.attribute if a.name == name]
+    return float(value)
+
+
+def test_absorb_signed_zero_point_offset_leaves_others_alone():
+    """Behind ``Add(b)``: a fractional ``b``, or an offset that is not one float32 rounding of
+    an integer multiple of ``s`` (here ``17.0001 s``), is left alone."""
+    c = np.float32(Z_BITE * S_BITE)
+    trafo = AbsorbZeroPointOffsetIntoMultiThreshold()
+    check_left_alone(mt_model(S_BITE, c, "Sub", shift=-4.5), trafo)
+    check_left_alone(mt_model(S_BITE, np.float32(17.0001 * S_BITE), "Sub", shift=-4.0), trafo)
+    check_left_alone(mt_model(S_BITE, np.float32(0.0), "Sub", shift=-4.0), trafo)
+
+
+@pytest.mark.finn
+def test_streamlined_positional_encoding_add_stays_integer():
+    """The failing window-8 build in miniature: a signed zero-point quantiser (``S_BITE``,
+    ``Z_BITE``) feeding the positional-encoding add as FINN imports it (``Div(s) -> Add(PE) ->
+    Mul(s)``) and a matrix product. After step_streamline_transformer the add's constant is
+    integral (finn's MoveAddPastMul would otherwise fold ``fl32(-c * fl32(1/s)) = -16.999998``
+    into it), annotated integer, and the MatMul reads an integer tensor."""
+    from finn_flow.no_vivado import finn_session
+    from finn_flow.streamlining import step_streamline_transformer
+
+    rng = np.random.default_rng(0)
+    seq, dim = 8, 16
+    pe = rng.integers(-100, 111, (seq, dim)).astype(np.float32)
+    pe[0, :8] = np.arange(10, 18)  # sums with -16.999998 near 0: the 2**-19 error survives
+    thresholds = np.arange(-127.5, 128.0, dtype=np.float32)[None]  # 255 levels: UINT8
+    c = np.float32(Z_BITE * S_BITE)
+    nodes = [
+        helper.make_node("MultiThreshold", ["x", "thr"], ["q"], domain=QONNX, out_dtype="UINT8"),
+        helper.make_node("Add", ["q", "b"], ["qb"]),
+        helper.make_node("Mul", ["qb", "s"], ["m"]),
+        helper.make_node("Sub", ["m", "c"], ["h"]),
+        helper.make_node("Div", ["h", "s"], ["hs"]),
+        helper.make_node("Add", ["hs", "pe"], ["hp"]),
+        helper.make_node("Mul", ["hp", "s"], ["y0"]),
+        helper.make_node("MatMul", ["y0", "w"], ["y"]),  # a fork, like the q/k/v projections
+        helper.make_node("MatMul", ["y0", "w"], ["y2"]),
+    ]
+    model = make_model(
+        nodes,
+        {"x": [1, seq, dim]},
+        {"y": [1, seq, dim], "y2": [1, seq, dim]},
+        {"thr": thresholds, "b": np.float32(-128), "s": S_BITE, "c": c, "pe": pe,
+         "w": rng.integers(-7, 8, (dim, dim)).astype(np.float32)},
+        {"pe": "INT9", "w": "INT4"},
+    )  # fmt: skip
+
+    class Cfg:
+        def _resolve_verification_steps(self):
+            return []
+
+    with finn_session():
+        new = step_streamline_transformer(model, Cfg())
+    (add,) = [n for n in new.graph.node if n.op_type == "Add"]
+    (const,) = [i for i in add.input if new.get_initializer(i) is not None]
+    value = new.get_initializer(const)
+    np.testing.assert_array_equal(value, np.round(value))
+    np.testing.assert_array_equal(value.reshape(pe.shape), pe)
+    assert new.get_tensor_datatype(const).is_integer()
+    matmuls = [n for n in new.graph.node if n.op_type == "MatMul"]
+    assert len(matmuls) == 2
+    assert all(new.get_tensor_datatype(n.input[0]).is_integer() for n in matmuls)
 
 
 # ------------------------------------------------------------- pooling (hw_rewrites.py)
