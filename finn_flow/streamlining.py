@@ -176,8 +176,10 @@ def step_streamline_transformer(model: ModelWrapper, cfg) -> ModelWrapper:
     add and of the pooling, so the matrix products see float inputs. finn-plus's
     ``StreamlinePlus`` (used by its ResNet steps) moves scales past forks and joins and
     integerises the adds; zero-point offsets are first folded into the thresholds
-    (:class:`~finn_flow.transforms.AbsorbZeroPointOffsetIntoMultiThreshold`) and mean
-    pooling is rewritten (:mod:`finn_flow.hw_rewrites`).
+    (:class:`~finn_flow.transforms.AbsorbZeroPointOffsetIntoMultiThreshold`) or, in front of
+    a rescale by their own scale, moved past it as exact integers
+    (:class:`~finn_flow.transforms.ExactZeroPointOffsetPastRescale`), and mean pooling is
+    rewritten (:mod:`finn_flow.hw_rewrites`).
     """
     from finn.builder.build_dataflow_config import VerificationStepType
     from finn.builder.build_dataflow_steps import verify_step
@@ -190,9 +192,13 @@ def step_streamline_transformer(model: ModelWrapper, cfg) -> ModelWrapper:
         MoveScalarMulPastReduce,
         ReduceMeanToScaledSum,
     )
-    from finn_flow.transforms import AbsorbZeroPointOffsetIntoMultiThreshold
+    from finn_flow.transforms import (
+        AbsorbZeroPointOffsetIntoMultiThreshold,
+        ExactZeroPointOffsetPastRescale,
+    )
 
     model = model.transform(AbsorbZeroPointOffsetIntoMultiThreshold())
+    model = model.transform(ExactZeroPointOffsetPastRescale())
     model = model.transform(ReduceMeanToScaledSum())
     model = model.transform(MoveScalarMulPastReduce())
     # Streamlining forms ``MultiThreshold -> Mul(s) -> Add(z*s)`` chains of zero-point

@@ -36,6 +36,7 @@ from finn_flow.graph import node_attr
 
 __all__ = [
     "AbsorbZeroPointOffsetIntoMultiThreshold",
+    "ExactZeroPointOffsetPastRescale",
     "LowerActivationZeroPoint",
     "LowerWeightZeroPoint",
     "LowerZeroPoints",
@@ -286,31 +287,15 @@ def _once_rounded_multiple(c: float, s: float) -> int | None:
 
 
 class AbsorbZeroPointOffsetIntoMultiThreshold(Transformation):
-    """FINN dialect: fold ``MultiThreshold [-> Add(b)] -> Mul(s) -> Add/Sub(c)``, ``c/s``
-    integer, into the MultiThreshold's ``out_bias``.
+    """FINN dialect: fold ``MultiThreshold -> Mul(s) -> Add/Sub(c)`` with ``c/s`` integer.
 
     After :class:`LowerActivationZeroPoint` and FINN's QONNX import, a zero-point quantiser
-    becomes ``MultiThreshold`` (integers ``q``) ``-> Mul(s) -> Sub(z*s)``; a signed one
-    ``MultiThreshold -> Add(b) -> Mul(s) -> Sub(z*s)`` (FINN's import counts thresholds from 0
-    and shifts the count by an integer ``b``, ``-128`` for 8 bits, not narrow). Since
-    ``s*(q + b) - z*s == s*(q + b - z)``, the offset (and ``b``) move into the
-    MultiThreshold's ``out_bias`` (``b - z``), whose output datatype widens to hold
-    ``q + b - z`` (one more bit in general). The quantised tensor then has no offset, so
-    dynamic matrix products (attention) and adds see plain integers. Touches only that chain
-    with scalar constants, single consumers and ``out_scale == 1``.
-
-    The offset is ``c = fl32(z*s)``, not ``z*s``: left in the graph, streamlining moves it
-    past the positional-encoding add's ``Div(s)`` (finn's ``MoveAddPastMul`` makes it
-    ``fl32(c * fl32(1/s))``, e.g. ``-16.999998`` for ``z = 17``, ``s = 0.0090998774``) and
-    ``CollapseRepeatedAdd`` sums it into the integer encoding, whose values then lie up to
-    ``2**-19`` off an integer: the q/k/v products read a float tensor and stay unmapped.
-    Folding ``round(c/s) = z`` instead computes ``s*(q + b - z)``, QONNX's own definition of
-    the quantiser's output (``(level - z) * s``): the rewrite undoes the one rounding the
-    lowering introduced. With ``Add(b)`` (the chain as FINN's import builds it, right after
-    the lowering) ``c/s`` must lie within one float32 rounding of ``z``
-    (:func:`_once_rounded_multiple`) and ``b`` must be an integer; without it (chains that
-    streamlining forms later, whose constants carry the roundings of collapsed scales)
-    ``c/s`` must lie within ``1e-3`` of an integer.
+    becomes ``MultiThreshold`` (integers ``q``) ``-> Mul(s) -> Sub(z*s)``. Since
+    ``s*q - z*s == s*(q - z)``, the offset moves into the MultiThreshold's ``out_bias``
+    (``-z``), whose output datatype widens to hold ``q - z`` (one more bit in general). The
+    quantised tensor then has no offset, so dynamic matrix products (attention) and adds see
+    plain integers. Touches only that three-node chain with scalar constants, single
+    consumers and ``out_scale == 1``; exact.
     """
 
     def apply(self, model: ModelWrapper):
@@ -322,15 +307,6 @@ class AbsorbZeroPointOffsetIntoMultiThreshold(Transformation):
             if node.op_type != "MultiThreshold" or model.is_fork_node(node):
                 continue
             mul = model.find_consumer(node.output[0])
-            bias, shift = None, 0.0
-            if mul is not None and mul.op_type == "Add" and not model.is_fork_node(mul):
-                b = model.get_initializer(mul.input[1])
-                if mul.input[0] != node.output[0] or b is None or np.asarray(b).size != 1:
-                    continue
-                shift = float(np.asarray(b).ravel()[0])
-                if shift != round(shift):
-                    continue
-                bias, mul = mul, model.find_consumer(mul.output[0])
             if mul is None or mul.op_type != "Mul" or model.is_fork_node(mul):
                 continue
             add = model.find_consumer(mul.output[0])
@@ -347,31 +323,80 @@ class AbsorbZeroPointOffsetIntoMultiThreshold(Transformation):
                 c = -c
             if s == 0:
                 continue
-            if bias is not None:
-                offset = _once_rounded_multiple(c, s)
-                if offset is None:
-                    continue
-            else:
-                off = c / s
-                if abs(off - round(off)) > 1e-3 or round(off) == 0:
-                    continue
-                offset = round(off)
+            off = c / s
+            if abs(off - round(off)) > 1e-3 or round(off) == 0:
+                continue
             inst = getCustomOp(node)
             if float(inst.get_nodeattr("out_scale")) != 1.0:
                 continue
             thresholds = model.get_initializer(node.input[1])
             if thresholds is None:
                 continue
-            out_bias = float(inst.get_nodeattr("out_bias")) + shift + offset
+            out_bias = float(inst.get_nodeattr("out_bias")) + round(off)
             odt = smallest_int_datatype(out_bias, out_bias + thresholds.shape[-1])
             inst.set_nodeattr("out_bias", out_bias)
             inst.set_nodeattr("out_dtype", odt.name)
             model.set_tensor_datatype(node.output[0], odt)
-            if bias is not None:
-                mul.input[0] = node.output[0]
-                graph.node.remove(bias)
             mul.output[0] = add.output[0]
             graph.node.remove(add)
             model = model.transform(InferDataTypes())
+            return model, True
+        return model, False
+
+
+class ExactZeroPointOffsetPastRescale(Transformation):
+    """FINN dialect: ``Add/Sub(c) -> Div(s)``, ``c`` one float32 rounding of ``z*s``, becomes
+    ``Div(s) -> Add(-z)`` (``Add(+z)`` for ``Add(c)``).
+
+    Identity: ``(y - z*s) / s == y/s - z``. :class:`LowerActivationZeroPoint` writes a
+    zero-point quantiser's offset as ``c = fl32(z*s)`` (QONNX's output is
+    ``(level - z) * s``); where the quantised tensor is rescaled by the same ``s`` (the
+    positional-encoding add as FINN imports it: ``Sub(c) -> Div(s) -> Add(PE) -> Mul(s)``),
+    finn's ``MoveAddPastMul`` would compute ``fl32(c * fl32(1/s))``, which is ``z`` only up to
+    a few float32 roundings (``-16.999998`` for ``z = 17``, ``s = 0.0090998774``), and
+    ``CollapseRepeatedAdd`` would sum that into the integer encoding: the q/k/v products then
+    read a float tensor and stay unmapped (a window-8 ``mixed-4-8/sq-apq`` model failed
+    ``step_check_hw_mapping`` so). Moving the offset past the rescale as the integer ``z``
+    (accepted only when ``c/s`` lies within one float32 rounding of it,
+    :func:`_once_rounded_multiple`) undoes the rounding the lowering introduced. The offset
+    stays downstream, where streamlining folds it into integer constants and thresholds; it is
+    not absorbed into the quantiser's MultiThreshold, which would widen every such quantised
+    tensor by a bit (measured on the quickstart model: 173,611 instead of 260,417
+    inferences/s within the Pynq-Z1 budget). Touches only that two-node chain with scalar
+    constants and a single consumer.
+    """
+
+    def apply(self, model: ModelWrapper):
+        from qonnx.transformation.infer_datatypes import InferDataTypes
+        from qonnx.transformation.infer_shapes import InferShapes
+
+        graph = model.graph
+        outputs = {o.name for o in graph.output}
+        for add in list(graph.node):
+            if add.op_type not in ("Add", "Sub") or model.is_fork_node(add):
+                continue
+            c = model.get_initializer(add.input[1])
+            div = model.find_consumer(add.output[0])
+            if c is None or np.asarray(c).size != 1 or div is None or div.op_type != "Div":
+                continue
+            if div.input[0] != add.output[0] or add.output[0] in outputs:
+                continue
+            s = model.get_initializer(div.input[1])
+            if s is None or np.asarray(s).size != 1:
+                continue
+            c = float(np.asarray(c).ravel()[0]) * (-1.0 if add.op_type == "Sub" else 1.0)
+            offset = _once_rounded_multiple(c, float(np.asarray(s).ravel()[0]))
+            if offset is None:
+                continue
+            scaled = model.make_new_valueinfo_name()
+            div.input[0], div.output[0], add.output[0] = add.input[0], scaled, div.output[0]
+            add.input[0] = scaled
+            add.op_type = "Add"
+            const = model.make_new_valueinfo_name()
+            model.set_initializer(const, np.asarray(offset, dtype=np.float32))
+            add.input[1] = const
+            graph.node.remove(add)  # topological order: the Div now runs first
+            graph.node.insert(list(graph.node).index(div) + 1, add)
+            model = model.transform(InferShapes()).transform(InferDataTypes())
             return model, True
         return model, False

@@ -52,6 +52,7 @@ from finn_flow.hw_rewrites import (
 )
 from finn_flow.transforms import (
     AbsorbZeroPointOffsetIntoMultiThreshold,
+    ExactZeroPointOffsetPastRescale,
     LowerActivationZeroPoint,
     LowerWeightZeroPoint,
     LowerZeroPoints,
@@ -298,11 +299,8 @@ def test_remove_unused_initializers_reports_changed():
 
 
 # ------------------------------------------- zero-point offsets into MultiThreshold (FINN)
-def mt_model(
-    scale, offset, op="Sub", out_scale=1.0, channels=6, steps=7, shift=None
-) -> ModelWrapper:
-    """x (1, C) -> MultiThreshold (C, steps) [-> Add(shift)] -> Mul(scale) -> Sub/Add(offset)
-    -> y. With ``shift`` the chain FINN's QONNX import builds for a signed quantiser."""
+def mt_model(scale, offset, op="Sub", out_scale=1.0, channels=6, steps=7) -> ModelWrapper:
+    """x (1, C) -> MultiThreshold (C, steps) -> Mul(scale) -> Sub/Add(offset) -> y."""
     rng = np.random.default_rng(0)
     thresholds = np.sort(rng.integers(-40, 40, (channels, steps)), axis=1) + 0.5
     nodes = [
@@ -318,12 +316,12 @@ def mt_model(
         helper.make_node("Mul", ["q", "s"], ["m"], name="mul"),
         helper.make_node(op, ["m", "c"], ["y"], name="offset"),
     ]
-    inits = {"thr": thresholds, "s": scale, "c": offset}
-    if shift is not None:
-        nodes[1].input[0] = "qb"
-        nodes.insert(1, helper.make_node("Add", ["q", "b"], ["qb"], name="shift"))
-        inits["b"] = np.float32(shift)
-    return make_model(nodes, {"x": [1, channels]}, {"y": [1, channels]}, inits)
+    return make_model(
+        nodes,
+        {"x": [1, channels]},
+        {"y": [1, channels]},
+        {"thr": thresholds, "s": scale, "c": offset},
+    )
 
 
 def mt_feeds(model) -> list[dict]:
@@ -377,12 +375,6 @@ S_BITE = np.float32(0.009099877439439297)
 Z_BITE = 17
 
 
-def mt_levels(model, feed) -> np.ndarray:
-    """count(x >= T) of ``mt_model``'s thresholds (the MultiThreshold's integer levels)."""
-    thresholds = model.get_initializer("thr")
-    return (feed["x"][0][:, None] >= thresholds).sum(axis=1)[None]
-
-
 def test_bite_constants_are_not_exact_in_float32():
     """The constants the tests below use do bite: ``fl32(z*s) * fl32(1/s) != z``."""
     c = np.float32(Z_BITE * S_BITE)
@@ -391,42 +383,42 @@ def test_bite_constants_are_not_exact_in_float32():
     assert abs(float(np.float32(-c) * (np.float32(1.0) / S_BITE)) + Z_BITE) == 2.0**-19
 
 
-@pytest.mark.parametrize("shift", [-128.0, -4.0])
-def test_absorb_signed_zero_point_offset_gives_qonnx_levels(shift):
-    """A signed zero-point quantiser as FINN imports it, ``MultiThreshold -> Add(b) -> Mul(s)
-    -> Sub(fl32(z*s))``, becomes ``MultiThreshold (out_bias b - z) -> Mul(s)``: the output is
-    QONNX's ``(level - z) * s`` bit for bit, and differs from the lowered chain by float32
-    rounding only."""
-    c = np.float32(Z_BITE * S_BITE)
-    model = mt_model(S_BITE, c, "Sub", shift=shift)
-    feeds = mt_feeds(model)
-    new = check_rewrite(
-        model, AbsorbZeroPointOffsetIntoMultiThreshold(), feeds, exact=False, rtol=2.0**-22
-    )  # two float32 roundings (of s*(q + b) and of the difference) against one
-    assert ops(new) == ["MultiThreshold", "Mul"]
-    mt = new.graph.node[0]
-    bias = shift - Z_BITE
-    assert node_attr_f(mt, "out_bias") == bias
-    odt = new.get_tensor_datatype(mt.output[0])
-    assert all(odt.allowed(v) for v in range(int(bias), int(bias) + 8))
-    for feed in feeds:
-        levels = (mt_levels(model, feed) + bias).astype(np.float32)
-        np.testing.assert_array_equal(run(new, feed), levels * S_BITE)
+def rescale_model(offset, op="Sub", divisor=S_BITE, channels=6) -> ModelWrapper:
+    """x (1, C) -> Sub/Add(offset) -> Div(divisor) -> y: a zero-point offset in front of the
+    positional-encoding add's rescale, as FINN imports it."""
+    nodes = [
+        helper.make_node(op, ["x", "c"], ["h"], name="offset"),
+        helper.make_node("Div", ["h", "s"], ["y"], name="rescale"),
+    ]
+    inits = {"c": np.float32(offset), "s": np.float32(divisor)}
+    return make_model(nodes, {"x": [1, channels]}, {"y": [1, channels]}, inits)
 
 
-def node_attr_f(node, name) -> float:
-    (value,) = [helper.get_attribute_value(a) for a in node.attribute if a.name == name]
-    return float(value)
+@pytest.mark.parametrize("op", ["Sub", "Add"])
+def test_exact_zero_point_offset_past_rescale_gives_qonnx_levels(op):
+    """``Sub(fl32(z*s)) -> Div(s)`` becomes ``Div(s) -> Add(-z)``: on quantised inputs
+    ``(level + b) * s`` the output is QONNX's ``level + b - z`` exactly, where the float32
+    chain (and finn's MoveAddPastMul, ``fl32(c * fl32(1/s))``) is off by up to 2**-19."""
+    c = np.float32(Z_BITE * S_BITE) * (1 if op == "Sub" else -1)
+    model = rescale_model(c, op)
+    levels = np.arange(-134, -122, 2, dtype=np.float32)[None]  # near z: the error survives
+    feeds = [{"x": (levels * S_BITE).astype(np.float32)}]
+    new = check_rewrite(model, ExactZeroPointOffsetPastRescale(), feeds, exact=False, rtol=1e-5)
+    assert ops(new) == ["Div", "Add"]
+    (const,) = [i for i in new.graph.node[1].input if new.get_initializer(i) is not None]
+    assert float(new.get_initializer(const)) == -Z_BITE
+    np.testing.assert_array_equal(run(new, feeds[0]), levels - Z_BITE)
+    # what finn's MoveAddPastMul would have folded instead (test_bite_constants...)
+    assert np.float32(-abs(c)) * (np.float32(1.0) / S_BITE) != -Z_BITE
 
 
-def test_absorb_signed_zero_point_offset_leaves_others_alone():
-    """Behind ``Add(b)``: a fractional ``b``, or an offset that is not one float32 rounding of
-    an integer multiple of ``s`` (here ``17.0001 s``), is left alone."""
-    c = np.float32(Z_BITE * S_BITE)
-    trafo = AbsorbZeroPointOffsetIntoMultiThreshold()
-    check_left_alone(mt_model(S_BITE, c, "Sub", shift=-4.5), trafo)
-    check_left_alone(mt_model(S_BITE, np.float32(17.0001 * S_BITE), "Sub", shift=-4.0), trafo)
-    check_left_alone(mt_model(S_BITE, np.float32(0.0), "Sub", shift=-4.0), trafo)
+def test_exact_zero_point_offset_past_rescale_leaves_others_alone():
+    """An offset that is not one float32 rounding of an integer multiple of the divisor
+    (``17.0001 s``, 0, or another divisor) is left alone."""
+    trafo = ExactZeroPointOffsetPastRescale()
+    check_left_alone(rescale_model(np.float32(17.0001 * S_BITE)), trafo)
+    check_left_alone(rescale_model(np.float32(0.0)), trafo)
+    check_left_alone(rescale_model(np.float32(Z_BITE * S_BITE), divisor=0.5), trafo)
 
 
 @pytest.mark.finn
@@ -435,7 +427,8 @@ def test_streamlined_positional_encoding_add_stays_integer():
     ``Z_BITE``) feeding the positional-encoding add as FINN imports it (``Div(s) -> Add(PE) ->
     Mul(s)``) and a matrix product. After step_streamline_transformer the add's constant is
     integral (finn's MoveAddPastMul would otherwise fold ``fl32(-c * fl32(1/s)) = -16.999998``
-    into it), annotated integer, and the MatMul reads an integer tensor."""
+    into it), annotated integer, and the MatMul reads an integer tensor; the quantiser's
+    MultiThreshold keeps its 8-bit output (the offset is not absorbed into it)."""
     from finn_flow.no_vivado import finn_session
     from finn_flow.streamlining import step_streamline_transformer
 
@@ -475,8 +468,11 @@ def test_streamlined_positional_encoding_add_stays_integer():
     (const,) = [i for i in add.input if new.get_initializer(i) is not None]
     value = new.get_initializer(const)
     np.testing.assert_array_equal(value, np.round(value))
-    np.testing.assert_array_equal(value.reshape(pe.shape), pe)
+    # the encoding plus the signed quantiser's shift (-128) and its exact offset (-z)
+    np.testing.assert_array_equal(value.reshape(pe.shape), pe - 128 - Z_BITE)
     assert new.get_tensor_datatype(const).is_integer()
+    (mt,) = [n for n in new.graph.node if n.op_type == "MultiThreshold"]
+    assert new.get_tensor_datatype(mt.output[0]).bitwidth() == 8
     matmuls = [n for n in new.graph.node if n.op_type == "MatMul"]
     assert len(matmuls) == 2
     assert all(new.get_tensor_datatype(n.input[0]).is_integer() for n in matmuls)
