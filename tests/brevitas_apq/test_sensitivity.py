@@ -214,3 +214,21 @@ def test_configurations_of_some_layers():
     assert configs["L1-low"].layers["L2"].weight.bits == 8  # the rest of the model stays high
     with pytest.raises(ValueError, match=r"layers=\['L0'\]: unknown L0"):
         check_layers(["L0"])
+
+
+def test_parallel_study_equals_the_sequential_one(run_dir, study, tmp_path):
+    """jobs=2 (the runner's spawned workers, one torch thread each) computes the same
+    configurations as the sequential study, bit for bit."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("sensitivity"))
+    result = run_sensitivity(copy, QUICK, jobs=2, progress=False, layers=("L1", "L8"))
+    assert sorted(result["computed"]) == sorted(
+        ["base-high", "base-low", "L1-low", "L1-high", "L8-low", "L8-high"]
+    )
+    for name in result["computed"]:
+        parallel = json.loads((copy / "sensitivity" / "configs" / f"{name}.json").read_text())
+        sequential = json.loads((run_dir / "sensitivity" / "configs" / f"{name}.json").read_text())
+        assert parallel["val_rmse"] == sequential["val_rmse"], name
+        assert parallel["history"] == sequential["history"], name
