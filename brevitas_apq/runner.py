@@ -27,7 +27,7 @@ from __future__ import annotations
 import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing import get_context
 from typing import Any
 
@@ -40,7 +40,6 @@ class Task:
     fn: Callable[..., Any]
     args: tuple = ()
     after: str | None = None
-    info: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 def _one_thread() -> None:
